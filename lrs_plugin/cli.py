@@ -1,0 +1,133 @@
+"""The ``lrs-plugin`` command.
+
+Sub-commands::
+
+    lrs-plugin fetch lrs_vqa [--root DIR] [--revision SHA] [--parts-dir DIR] [--extractor auto|7z|py7zr] [--force]
+    lrs-plugin fetch mmerealworld_rs [--root DIR] [--revision SHA] [--source-dir DIR] [--force]
+    lrs-plugin score lrs_vqa ANSWERS.jsonl [MORE.jsonl ...] [--synonyms wordnet|exact] [--json]
+    lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
+    lrs-plugin demo [--out DIR] [--small]
+
+Errors of this plugin print one ``error:`` line and exit with status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lrs_plugin.errors import LrsPluginError
+
+__all__ = ["main", "build_parser"]
+
+BENCHMARKS = ("lrs_vqa", "mmerealworld_rs")
+
+
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="download (or take local parts), verify and extract a benchmark")
+    p.add_argument("dataset", choices=BENCHMARKS)
+    p.add_argument("--root", type=Path, default=None, help="target folder (default: the plugin's data cache)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha) to fetch")
+    p.add_argument("--parts-dir", type=Path, default=None, help="lrs_vqa: folder with LRS_VQA.7z.001..013 already")
+    p.add_argument("--source-dir", type=Path, default=None, help="mmerealworld_rs: folder with the parquet shards")
+    p.add_argument("--extractor", choices=("auto", "7z", "py7zr"), default="auto", help="lrs_vqa: 7z backend")
+    p.add_argument("--force", action="store_true", help="redo the work even when a completion marker exists")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score an answers file (original runners' JSONL or lmms-eval samples JSONL)")
+    p.add_argument("benchmark", choices=BENCHMARKS)
+    p.add_argument("answers", type=Path, nargs="+", help="one or more files (e.g. the three LRS-VQA sample logs)")
+    p.add_argument("--synonyms", default="wordnet", help="lrs_vqa synonym rule: wordnet (paper) or exact")
+    p.add_argument("--extraction", default="official", help="mmerealworld_rs answer extraction: official or strict")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object instead of the table")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline offline on generated data (no GPU, no Hub)")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for data, results and logs")
+    p.add_argument("--small", action="store_true", help="fewer questions (used by the tests)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lrs-plugin``."""
+    parser = argparse.ArgumentParser(prog="lrs-plugin", description=__doc__.split("\n\n")[0])
+    from lrs_plugin import __version__
+
+    parser.add_argument("--version", action="version", version=f"lrs-plugin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_fetch(sub)
+    _add_score(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    if args.dataset == "lrs_vqa":
+        from lrs_plugin.data import lrs_vqa
+
+        if args.source_dir is not None:
+            raise LrsPluginError("--source-dir is for mmerealworld_rs; lrs_vqa takes --parts-dir")
+        root = lrs_vqa.fetch(
+            args.root,
+            revision=args.revision or lrs_vqa.LRS_VQA_REVISION,
+            parts_dir=args.parts_dir,
+            extractor=args.extractor,
+            progress=progress,
+            force=args.force,
+        )
+        print(f"LRS-VQA ready in {root} (tasks find it there by default; elsewhere set LRS_VQA_ROOT={root})")
+    else:
+        from lrs_plugin.data import mme_realworld_rs
+
+        if args.parts_dir is not None:
+            raise LrsPluginError("--parts-dir is for lrs_vqa; mmerealworld_rs takes --source-dir")
+        root = mme_realworld_rs.fetch(
+            args.root,
+            revision=args.revision or mme_realworld_rs.MME_REVISION,
+            source_dir=args.source_dir,
+            progress=progress,
+            force=args.force,
+        )
+        print(f"MME-RealWorld-RS ready in {root} (elsewhere set MME_RW_RS_ROOT={root})")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from lrs_plugin import scoring
+
+    if args.benchmark == "lrs_vqa":
+        summary = scoring.score_lrs_file(args.answers, synonyms=args.synonyms)
+        text = scoring.format_lrs_table(summary)
+    else:
+        summary = scoring.score_mme_file(args.answers, mode=args.extraction)
+        text = scoring.format_mme_table(summary)
+    print(json.dumps(summary) if args.json else text)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lrs_plugin.demo import run_demo
+
+    return run_demo(args.out, small=args.small)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lrs-plugin`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    args = build_parser().parse_args(argv)
+    handlers = {"fetch": _fetch, "score": _score, "demo": _demo}
+    try:
+        return handlers[args.command](args)
+    except LrsPluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Typed errors raised by lrs-plugin.
+
+Every error names the bad value and, where there is a finite set, the valid choices. One class per failure kind,
+so callers (and tests) can catch exactly what they expect.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LrsPluginError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "DatasetIntegrityError",
+    "DatasetSchemaError",
+    "ArchivePartError",
+    "ArchiveCorruptError",
+    "UnsafeArchiveError",
+    "ImageReadError",
+    "WordNetUnavailableError",
+    "ScoringInputError",
+    "MissingDependencyError",
+    "EvaluationFailedError",
+]
+
+
+class LrsPluginError(Exception):
+    """Base class of every error raised on purpose by lrs-plugin."""
+
+
+class ConfigError(LrsPluginError, ValueError):
+    """A setting (model argument, CLI flag, config field) has a value outside its valid range or choices."""
+
+
+class DatasetNotFoundError(LrsPluginError, FileNotFoundError):
+    """A dataset is neither extracted, nor fetchable with the given options. The message says how to get it."""
+
+
+class DatasetIntegrityError(LrsPluginError):
+    """A dataset is present but incomplete or inconsistent (e.g. images referenced by questions are missing)."""
+
+
+class DatasetSchemaError(LrsPluginError, ValueError):
+    """A row of a dataset file is malformed: the message names the file, the line and the offending field."""
+
+
+class ArchivePartError(LrsPluginError):
+    """A volume of a multi-part archive is missing, extra, truncated or has the wrong hash (named in the message)."""
+
+
+class ArchiveCorruptError(LrsPluginError):
+    """An archive failed to extract (CRC or stream error) although every part passed the checks we could make."""
+
+
+class UnsafeArchiveError(LrsPluginError):
+    """An archive member's path would land outside the extraction folder (absolute path, ``..``, or a link)."""
+
+
+class ImageReadError(LrsPluginError, OSError):
+    """An image file is missing, truncated or not decodable. The message names the path."""
+
+
+class WordNetUnavailableError(LrsPluginError, LookupError):
+    """The WordNet synonym rule was requested but no WordNet 3.0 database could be found. Says how to get one."""
+
+
+class ScoringInputError(LrsPluginError, ValueError):
+    """An answers / samples file given to the scorer is malformed (names the file, line and field)."""
+
+
+class MissingDependencyError(LrsPluginError, ImportError):
+    """An optional dependency is not installed; the message shows the ``pip install`` line."""
+
+
+class EvaluationFailedError(LrsPluginError, RuntimeError):
+    """An lmms-eval run produced no results file (lmms-eval 0.7.3 exits 0 even when it fails; the log tail says why)."""

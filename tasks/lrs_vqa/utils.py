@@ -1,0 +1,147 @@
+"""lmms-eval glue of the LRS-VQA tasks: documents, prompt, per-sample scoring and aggregation.
+
+Referenced from the YAML files by full dotted path (``lrs_plugin.tasks.lrs_vqa.utils.x``) so that lmms-eval imports
+this module once, as a normal package module, instead of loading a fresh copy of the file per function.
+The scoring rules live in :mod:`lrs_plugin.scoring`; ``lrs-plugin score`` uses the same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lrs_plugin import scoring
+from lrs_plugin.data import lrs_vqa as lrs_data
+from lrs_plugin.sample_stats import STORE, sample_key
+from lrs_plugin.tasks._common import first_response, mean_skip_none
+
+__all__ = [
+    "BENCHMARK",
+    "SYNONYMS",
+    "category_metric",
+    "process_docs_fair",
+    "process_docs_bridge",
+    "process_docs_star",
+    "doc_to_visual",
+    "doc_to_text",
+    "process_results",
+    "aggregate_aa",
+    "mean_skip_none",
+]
+
+BENCHMARK = "lrs_vqa"
+#: Synonym rule of the task metrics: the paper's (exact match or a shared WordNet synset).
+SYNONYMS = "wordnet"
+
+
+def category_metric(category: str) -> str:
+    """Metric name of one category: ``"object color"`` -> ``"cat_object_color"``."""
+    return "cat_" + category.replace(" ", "_")
+
+
+def _features():
+    from datasets import Features, Sequence, Value
+
+    return Features(
+        {
+            "benchmark": Value("string"),
+            "question_id": Value("string"),
+            "subset": Value("string"),
+            "image": Value("string"),
+            "image_path": Value("string"),
+            "category": Value("string"),
+            "text": Value("string"),
+            "ground_truth": Value("string"),
+            "hbox": Sequence(Value("int64")),
+            "rbox": Sequence(Value("float64")),
+            "image_size": Sequence(Value("int64")),
+            "size_bin": Value("string"),
+            "abs_size": Value("string"),
+        }
+    )
+
+
+def _subset_docs(subset: str):
+    """Build the evaluation documents of one subset from the extracted data (images stay on disk)."""
+    from datasets import Dataset
+
+    if SYNONYMS == "wordnet":
+        from lrs_plugin.wordnet import load_wordnet
+
+        load_wordnet()  # raises WordNetUnavailableError with the fix before generation, not after hours of it
+    root = lrs_data.resolve_root()
+    docs = [{"benchmark": BENCHMARK, **doc} for doc in lrs_data.build_docs(root, subset)]
+    return Dataset.from_list(docs, features=_features())
+
+
+def process_docs_fair(dataset: Any):
+    """``process_docs`` of ``lrs_vqa_fair``: the placeholder rows are replaced by the FAIR questions."""
+    return _subset_docs("FAIR")
+
+
+def process_docs_bridge(dataset: Any):
+    """``process_docs`` of ``lrs_vqa_bridge``: the GLH-Bridge questions."""
+    return _subset_docs("GLH-Bridge")
+
+
+def process_docs_star(dataset: Any):
+    """``process_docs`` of ``lrs_vqa_star``: the STAR questions."""
+    return _subset_docs("STAR")
+
+
+def doc_to_visual(doc: Mapping[str, Any]) -> list:
+    """Return the document's image as a lazily decoded PIL image (header read only; pixels on first use).
+
+    Models of this plugin ignore this and read ``doc["image_path"]`` through their own large-image reader. A
+    missing or unreadable file gives an empty list (logged): the model then answers without the image and the
+    sample counts as whatever that answer scores, instead of aborting the whole run.
+    """
+    from lrs_plugin.errors import ImageReadError
+    from lrs_plugin.imagery import open_lazy
+
+    try:
+        return [open_lazy(doc["image_path"])]
+    except ImageReadError as exc:
+        from loguru import logger
+
+        logger.warning("lrs_vqa: {} ({}): {}", doc.get("question_id"), doc.get("image"), exc)
+        return []
+
+
+def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, Any] | None = None) -> str:
+    """The question text exactly as given (it already ends with the single-word instruction)."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', '')}{doc['text']}{kwargs.get('post_prompt', '')}"
+
+
+def process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str, Any]:
+    """Score one answer: ``oa`` (0 or 100), ``aa`` (the sample record), and the ``cat_*`` metrics of its subset.
+
+    A sample whose model recorded a failure (e.g. unreadable image) is scored wrong and keeps the reason.
+    """
+    prediction = first_response(results)
+    stats = STORE.pop(sample_key(doc)) or {}
+    error = stats.get("error")
+    correct = error is None and scoring.lrs_is_correct(prediction, doc["ground_truth"], synonyms=SYNONYMS)
+    score = 100.0 if correct else 0.0
+    record = {
+        "question_id": doc["question_id"],
+        "subset": doc["subset"],
+        "category": doc["category"],
+        "prediction": prediction,
+        "ground_truth": doc["ground_truth"],
+        "correct": bool(correct),
+        "synonyms": SYNONYMS,
+        "error": error,
+    }
+    out: dict[str, Any] = {"aa": record, "oa": score}
+    for category in lrs_data.SUBSETS[doc["subset"]]:
+        out[category_metric(category)] = score if doc["category"] == category else None
+    return out
+
+
+def aggregate_aa(items: Sequence[Mapping[str, Any]]) -> float | None:
+    """Average accuracy (percent): unweighted mean over categories of the per-category accuracy."""
+    if not items:
+        return None
+    return scoring.average_accuracy(items)

@@ -1,0 +1,39 @@
+"""Shared fixtures: generated, format-true datasets (never the Hub) and an isolated plugin cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own plugin cache; dataset roots come only from what a test sets."""
+    monkeypatch.setenv("LRS_PLUGIN_HOME", str(tmp_path_factory.getbasetemp() / "lrs_plugin_home"))
+    monkeypatch.delenv("LRS_VQA_ROOT", raising=False)
+    monkeypatch.delenv("MME_RW_RS_ROOT", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def lrs_vqa_tree(tmp_path_factory) -> Path:
+    """A generated LRS-VQA tree (parent of ``LRS_VQA/``), all subsets and categories, one bomb-sized PNG."""
+    from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
+
+    return write_lrs_vqa(tmp_path_factory.mktemp("lrs_vqa_tree"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def mme_rs_root(tmp_path_factory) -> Path:
+    """Generated MME-RealWorld parquet shards prepared by the real ``fetch`` (local source folder)."""
+    from lrs_plugin.data import mme_realworld_rs
+    from lrs_plugin.data.synthetic.mme_realworld_rs import write_mme_parquet
+
+    shards = tmp_path_factory.mktemp("mme_shards")
+    write_mme_parquet(shards, seed=0)
+    root = tmp_path_factory.mktemp("mme_root")
+    return mme_realworld_rs.fetch(root, source_dir=shards, expected_rows=None, progress=False)
