@@ -101,7 +101,10 @@ def run_lmms_eval(
     cmd += ["--log_samples", *extra_args]
     start = time.time()
     proc = subprocess.Popen(
-        cmd, env=dict(env) if env is not None else offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd,
+        env=dict(env) if env is not None else offline_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     lines = []
@@ -128,6 +131,9 @@ def run_lmms_eval(
     for path in results_path.parent.glob(f"{stamp}_samples_*.jsonl"):
         samples[path.name[len(stamp) + len("_samples_") : -len(".jsonl")]] = path
     return EvalRun(
-        results=json.loads(results_path.read_text()), results_path=results_path, samples=samples, log=log,
+        results=json.loads(results_path.read_text()),
+        results_path=results_path,
+        samples=samples,
+        log=log,
         wall_s=time.time() - start,
     )

@@ -43,8 +43,12 @@ def e2e_run(broken_lrs_tree, mme_rs_root, tmp_path_factory):
     env = offline_env({"LRS_VQA_ROOT": str(tree), "MME_RW_RS_ROOT": str(mme_rs_root)})
     env["LRS_PLUGIN_HOME"] = str(tmp_path_factory.getbasetemp() / "lrs_plugin_home")
     run = run_lmms_eval(
-        model="lrs_dummy", model_args="pretrained=lrs-dummy,correct_every=3", tasks=["lrs_vqa", "mmerealworld_rs"],
-        output_path=out, env=env, timeout=600,
+        model="lrs_dummy",
+        model_args="pretrained=lrs-dummy,correct_every=3",
+        tasks=["lrs_vqa", "mmerealworld_rs"],
+        output_path=out,
+        env=env,
+        timeout=600,
     )
     return run
 
@@ -116,7 +120,10 @@ def test_score_command_agrees_with_task_metrics(e2e_run):
     files = [str(e2e_run.samples[t]) for t in ("lrs_vqa_fair", "lrs_vqa_bridge", "lrs_vqa_star")]
     proc = subprocess.run(
         [sys.executable, "-m", "lrs_plugin.cli", "score", "lrs_vqa", *files, "--json"],
-        capture_output=True, text=True, env=offline_env(), check=True,
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        check=True,
     )
     summary = json.loads(proc.stdout)
     results = e2e_run.results["results"]
@@ -125,9 +132,19 @@ def test_score_command_agrees_with_task_metrics(e2e_run):
         assert summary["subsets"][subset]["oa"] == pytest.approx(results[task]["oa,none"])
     assert summary["mean_aa"] == pytest.approx(e2e_run.results["groups"]["lrs_vqa"]["aa,none"])
     proc = subprocess.run(
-        [sys.executable, "-m", "lrs_plugin.cli", "score", "mmerealworld_rs", str(e2e_run.samples["mmerealworld_rs"]),
-         "--json"],
-        capture_output=True, text=True, env=offline_env(), check=True,
+        [
+            sys.executable,
+            "-m",
+            "lrs_plugin.cli",
+            "score",
+            "mmerealworld_rs",
+            str(e2e_run.samples["mmerealworld_rs"]),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        check=True,
     )
     mme = json.loads(proc.stdout)
     task = results["mmerealworld_rs"]

@@ -64,7 +64,11 @@ def test_template_generation_is_greedy_and_prompt_adds_nothing():
 def test_mme_yaml_metrics_and_names():
     template = _load("mmerealworld_rs/_mmerealworld_rs_template_yaml")
     assert [m["metric"] for m in template["metric_list"]] == [
-        "acc", "mean_category_acc", "cat_color", "cat_count", "cat_position",
+        "acc",
+        "mean_category_acc",
+        "cat_color",
+        "cat_count",
+        "cat_position",
     ]
     assert _load("mmerealworld_rs/mmerealworld_rs.yaml")["task"] == "mmerealworld_rs"
     assert _load("mmerealworld_rs/mmerealworld_rs_strict.yaml")["task"] == "mmerealworld_rs_strict"
@@ -82,8 +86,14 @@ def test_every_yaml_function_resolves():
 
 def _lrs_doc(**over):
     doc = {
-        "benchmark": "lrs_vqa", "question_id": "STAR_7", "subset": "STAR", "category": "object color",
-        "ground_truth": "gray", "text": "q", "image": "LRS_VQA/image/0001.png", "image_path": "/nope.png",
+        "benchmark": "lrs_vqa",
+        "question_id": "STAR_7",
+        "subset": "STAR",
+        "category": "object color",
+        "ground_truth": "gray",
+        "text": "q",
+        "image": "LRS_VQA/image/0001.png",
+        "image_path": "/nope.png",
     }
     doc.update(over)
     return doc
@@ -121,8 +131,12 @@ def test_aggregations_hand_computed():
 def test_mme_process_results_official_vs_strict():
     STORE.clear()
     doc = {
-        "benchmark": "mmerealworld_rs", "question_id": "11", "category": "count", "answer": "C",
-        "options": ["(A) 1", "(B) 2", "(C) 3", "(D) 4", "(E) none"], "image_error": None,
+        "benchmark": "mmerealworld_rs",
+        "question_id": "11",
+        "category": "count",
+        "answer": "C",
+        "options": ["(A) 1", "(B) 2", "(C) 3", "(D) 4", "(E) none"],
+        "image_error": None,
     }
     assert mme_utils.process_results(doc, ["C"])["acc"] == 100.0
     official = mme_utils.process_results(doc, ["Answer: C"])
