@@ -7,6 +7,8 @@ Sub-commands::
     lrs-plugin score lrs_vqa ANSWERS.jsonl [MORE.jsonl ...] [--synonyms wordnet|exact] [--json]
     lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
     lrs-plugin demo [--out DIR] [--small]
+    lrs-plugin flops --paper-table [--json]
+    lrs-plugin flops --model-config CONFIG.json --vision-tokens N [--convention paper|full] [--json]
 
 Errors of this plugin print one ``error:`` line and exit with status 2; anything else is a bug and keeps its
 traceback.
@@ -54,6 +56,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--small", action="store_true", help="fewer questions (used by the tests)")
 
 
+def _add_flops(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flops", help="analytic TFLOPs: the paper's efficiency table, or one setting of a model")
+    p.add_argument("--paper-table", action="store_true", help="every row of the paper's efficiency table")
+    p.add_argument("--model-config", type=Path, default=None, help="config.json (or folder) of a LLaVA checkpoint")
+    p.add_argument("--vision-tokens", type=int, default=None, help="vision tokens sent to the LLM")
+    p.add_argument("--text-tokens", type=int, default=0, help="text tokens of the prompt (full convention)")
+    p.add_argument("--tiles", type=int, default=0, help="tiles through the vision tower (full convention)")
+    p.add_argument("--new-tokens", type=int, default=1, help="generated tokens (full convention)")
+    p.add_argument("--convention", choices=("paper", "full"), default="paper")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lrs-plugin``."""
     parser = argparse.ArgumentParser(prog="lrs-plugin", description=__doc__.split("\n\n")[0])
@@ -64,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fetch(sub)
     _add_score(sub)
     _add_demo(sub)
+    _add_flops(sub)
     return parser
 
 
@@ -112,6 +127,39 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flops(args: argparse.Namespace) -> int:
+    from lrs_plugin import flops
+
+    if args.paper_table:
+        rows = flops.paper_table()
+        if args.json:
+            keys = ("setting", "tflops", "paper_tflops")
+            print(json.dumps([{k: row[k] for k in keys} for row in rows]))
+        else:
+            print(flops.format_paper_table(rows))
+        return 0
+    if args.model_config is None or args.vision_tokens is None:
+        raise LrsPluginError("flops needs --paper-table, or --model-config CONFIG with --vision-tokens N")
+    lm, vision = flops.load_config_dims(args.model_config)
+    if args.convention == "paper":
+        value = flops.paper_llm_tflops(flops.uniform_tokens_per_layer(args.vision_tokens, lm.num_layers), lm)
+        result = {"convention": "paper", "vision_tokens": args.vision_tokens, "tflops": value}
+    else:
+        n = args.vision_tokens + args.text_tokens
+        terms = {"llm_prefill": flops.llm_prefill_flops(flops.uniform_tokens_per_layer(n, lm.num_layers), lm)}
+        terms["llm_decode"] = flops.llm_decode_flops(n, args.new_tokens, lm)
+        if args.tiles and vision is not None:
+            terms["vision_tower"] = flops.vision_tower_flops(args.tiles, vision)
+            terms["projector"] = flops.projector_flops(args.vision_tokens, vision.hidden, lm.hidden)
+        result = {"convention": "full", "terms_tflops": {k: v / 1e12 for k, v in terms.items()}}
+        result["tflops"] = sum(terms.values()) / 1e12
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from lrs_plugin.demo import run_demo
 
@@ -121,7 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lrs-plugin`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     args = build_parser().parse_args(argv)
-    handlers = {"fetch": _fetch, "score": _score, "demo": _demo}
+    handlers = {"fetch": _fetch, "score": _score, "demo": _demo, "flops": _flops}
     try:
         return handlers[args.command](args)
     except LrsPluginError as exc:
