@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["first_response", "mean_skip_none"]
+__all__ = ["EFFICIENCY_KEYS", "efficiency_metrics", "first_response", "mean_skip_none"]
+
+#: Per-sample efficiency figures a model of this plugin records (see :mod:`lrs_plugin.sample_stats`); each becomes a
+#: metric ``eff_<key>`` whose mean is reported per task (``None`` for models that record nothing).
+EFFICIENCY_KEYS = ("vision_tokens_encoded", "vision_tokens_to_llm", "tflops", "latency_s")
 
 
 def first_response(results: Sequence[Any]) -> str:
@@ -20,3 +24,12 @@ def mean_skip_none(items: Sequence[float | None]) -> float | None:
     """Mean of the values that are not ``None`` (one category's accuracy); ``None`` when there are none."""
     values = [float(v) for v in items if v is not None]
     return sum(values) / len(values) if values else None
+
+
+def efficiency_metrics(stats: dict[str, Any]) -> dict[str, float | None]:
+    """The ``eff_*`` metrics of one sample from the stats its model recorded."""
+    out = {}
+    for key in EFFICIENCY_KEYS:
+        value = stats.get(key)
+        out[f"eff_{key}"] = None if value is None else float(value)
+    return out

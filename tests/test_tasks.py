@@ -36,6 +36,7 @@ def test_subtask_metrics_are_its_categories(task):
     config = _load(f"lrs_vqa/{task}.yaml")
     metrics = [m["metric"] for m in config["metric_list"]]
     expected = ["aa", "oa"] + [lrs_utils.category_metric(c) for c in lrs_data.SUBSETS[SUBTASKS[task]]]
+    expected += [f"eff_{k}" for k in _common.EFFICIENCY_KEYS]
     assert metrics == expected
     assert config["task"] == task
     assert config["process_docs"].endswith(f"process_docs_{task.rsplit('_', 1)[1]}")
@@ -103,15 +104,18 @@ def test_process_results_correct_wrong_and_recorded_failure():
     STORE.clear()
     out = lrs_utils.process_results(_lrs_doc(), ["Gray"])
     assert out["oa"] == 100.0 and out["cat_object_color"] == 100.0 and out["cat_count"] is None
-    assert set(out) == {"aa", "oa"} | {lrs_utils.category_metric(c) for c in lrs_data.SUBSETS["STAR"]}
+    cats = {lrs_utils.category_metric(c) for c in lrs_data.SUBSETS["STAR"]}
+    assert set(out) == {"aa", "oa"} | cats | {f"eff_{k}" for k in _common.EFFICIENCY_KEYS}
+    assert out["eff_tflops"] is None  # nothing recorded by a model
     assert out["aa"]["correct"] is True and out["aa"]["synonyms"] == "wordnet"
     assert lrs_utils.process_results(_lrs_doc(), ["gray."])["oa"] == 0.0  # punctuation is not stripped
     assert lrs_utils.process_results(_lrs_doc(), [""])["oa"] == 0.0  # empty answer: recorded wrong
     # A model-side failure makes the sample wrong even if the text matches, and the reason is kept.
     doc = _lrs_doc()
-    STORE.put(sample_key(doc), {"error": "ImageReadError: truncated"})
+    STORE.put(sample_key(doc), {"error": "ImageReadError: truncated", "tflops": 1.5, "vision_tokens_to_llm": 10})
     out = lrs_utils.process_results(doc, ["gray"])
     assert out["oa"] == 0.0 and out["aa"]["error"] == "ImageReadError: truncated"
+    assert out["eff_tflops"] == 1.5 and out["eff_vision_tokens_to_llm"] == 10.0
     assert len(STORE) == 0
 
 

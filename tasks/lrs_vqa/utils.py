@@ -13,7 +13,7 @@ from typing import Any
 from lrs_plugin import scoring
 from lrs_plugin.data import lrs_vqa as lrs_data
 from lrs_plugin.sample_stats import STORE, sample_key
-from lrs_plugin.tasks._common import first_response, mean_skip_none
+from lrs_plugin.tasks._common import efficiency_metrics, first_response, mean_skip_none
 
 __all__ = [
     "BENCHMARK",
@@ -137,6 +137,7 @@ def process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str,
     out: dict[str, Any] = {"aa": record, "oa": score}
     for category in lrs_data.SUBSETS[doc["subset"]]:
         out[category_metric(category)] = score if doc["category"] == category else None
+    out.update(efficiency_metrics(stats))
     return out
 
 

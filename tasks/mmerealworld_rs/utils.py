@@ -12,7 +12,7 @@ from typing import Any
 from lrs_plugin import scoring
 from lrs_plugin.data import mme_realworld_rs as mme_data
 from lrs_plugin.sample_stats import STORE, sample_key
-from lrs_plugin.tasks._common import first_response, mean_skip_none
+from lrs_plugin.tasks._common import efficiency_metrics, first_response, mean_skip_none
 
 __all__ = [
     "BENCHMARK",
@@ -100,6 +100,7 @@ def _process(doc: Mapping[str, Any], results: Sequence[Any], extraction: str) ->
     out: dict[str, Any] = {"acc": score, "mean_category_acc": record}
     for category in mme_data.L2_CATEGORIES:
         out[f"cat_{category}"] = score if doc["category"] == category else None
+    out.update(efficiency_metrics(stats))
     return out
 
 

@@ -1,0 +1,488 @@
+"""LRS-VQA: fetch the 13-volume archive from the Hub, extract it safely, load the questions as docs.
+
+Layout after :func:`fetch` (``root`` defaults to ``default_dataset_root("lrs_vqa")``)::
+
+    <root>/parts/LRS_VQA.7z.001 .. .013    downloaded volumes (kept; delete them to save ~57 GB)
+    <root>/LRS_VQA/LRS_VQA_merged.jsonl    7,333 questions
+    <root>/LRS_VQA/image/*.tif|png         FAIR .tif, GLH-Bridge test-N.png, STAR NNNN.png
+    <root>/.lrs_vqa_complete.json          completion marker, written last (only when every image exists)
+
+The question file's ``image`` fields are relative to ``<root>`` (they start with ``LRS_VQA/image/``). Docs carry
+absolute image *paths*; pixels are decoded only by the model side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lrs_plugin.data import _hub, archive
+from lrs_plugin.data._paths import default_dataset_root
+from lrs_plugin.errors import (
+    ConfigError,
+    DatasetIntegrityError,
+    DatasetNotFoundError,
+    DatasetSchemaError,
+)
+
+__all__ = [
+    "CATEGORIES",
+    "DOC_KEYS",
+    "LRS_VQA_REVISION",
+    "MARKER_NAME",
+    "NUM_PARTS",
+    "QUESTION_FILE",
+    "REPO_ID",
+    "SUBSETS",
+    "build_docs",
+    "check_images",
+    "clip_box",
+    "fetch",
+    "load_questions",
+    "resolve_root",
+    "subset_of",
+]
+
+REPO_ID = "ll-13/LRS-VQA"
+"""Hub dataset repository of the authors' release."""
+
+# The full 40-hex commit sha of the Hub head (short sha f7c0f5f, "Update README.md") could not be resolved offline,
+# so the default is the branch; the completion marker records the sha resolved at fetch time, and users pin a
+# commit with ``lrs-plugin fetch lrs_vqa --revision <sha>``.
+LRS_VQA_REVISION = "main"
+"""Default Hub revision (branch or commit sha) fetched by :func:`fetch`."""
+
+NUM_PARTS = 13
+"""Number of volumes ``LRS_VQA.7z.001 .. .013`` of the release."""
+
+ARCHIVE_BASE = "LRS_VQA.7z"
+"""Volume name without the ``.NNN`` number."""
+
+QUESTION_FILE = "LRS_VQA/LRS_VQA_merged.jsonl"
+"""Question file, relative to the dataset root (the parent of ``LRS_VQA/``)."""
+
+MARKER_NAME = ".lrs_vqa_complete.json"
+"""Completion marker inside the fetch root, written only after a verified, complete extraction."""
+
+ROOT_ENV = "LRS_VQA_ROOT"
+"""Environment variable naming an already-extracted copy (the folder that contains ``LRS_VQA/``)."""
+
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "FAIR": ("count", "object category", "object shape", "object status", "reasoning", "rural or urban"),
+    "GLH-Bridge": ("count", "object background", "object color", "rural or urban"),
+    "STAR": (
+        "count",
+        "object category",
+        "object color",
+        "object shape",
+        "object status",
+        "reasoning",
+        "rural or urban",
+    ),
+}
+"""Source dataset (the ``question_id`` prefix) -> its question categories."""
+
+CATEGORIES: tuple[str, ...] = tuple(sorted({c for cats in SUBSETS.values() for c in cats}))
+"""All 8 question categories, sorted."""
+
+REQUIRED_FIELDS = ("question_id", "image", "category", "text", "ground_truth", "image_size")
+"""Fields every row has (``count`` rows have only these)."""
+
+DOC_KEYS = (
+    "question_id",
+    "subset",
+    "image",
+    "image_path",
+    "category",
+    "text",
+    "ground_truth",
+    "hbox",
+    "rbox",
+    "image_size",
+    "size_bin",
+    "abs_size",
+)
+"""Keys of every doc returned by :func:`build_docs`, in this order."""
+
+_MISSING_HINT = f"run `lrs-plugin fetch lrs_vqa` or set {ROOT_ENV} to the folder containing LRS_VQA/"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fetch
+
+
+def fetch(
+    root: str | Path | None = None,
+    *,
+    revision: str = LRS_VQA_REVISION,
+    parts_dir: str | Path | None = None,
+    extractor: str = "auto",
+    progress: bool = True,
+    force: bool = False,
+) -> Path:
+    """Download (or take local) volumes, verify and extract them, check the images, mark the root complete.
+
+    A no-op (no Hub call) when ``root`` already holds a completion marker for the same requested revision
+    (``"local"`` for ``parts_dir`` installs), unless ``force``. An interrupted earlier run (leftover
+    ``.extract-partial-*`` folders, an extracted tree without marker) is cleaned up and redone.
+
+    Args:
+        root: Dataset root; defaults to ``default_dataset_root("lrs_vqa")``.
+        revision: Hub branch, tag or commit sha (ignored with ``parts_dir``).
+        parts_dir: Folder already holding ``LRS_VQA.7z.001 ..``: no Hub access; sizes and hashes are then unknown,
+            so only numbering and equal sizes are checked.
+        extractor: ``"auto"`` (7-Zip binary if on PATH, else py7zr), ``"7z"`` or ``"py7zr"``.
+        progress: Report progress on stderr.
+        force: Redo the whole fetch even if the marker says complete.
+
+    Returns:
+        The dataset root (parent of ``LRS_VQA/``).
+
+    Raises:
+        ArchivePartError: A volume is missing, extra, of the wrong size or hash (named).
+        ArchiveCorruptError: Extraction failed although the volumes passed the checks.
+        UnsafeArchiveError: A member would land outside the root.
+        DatasetIntegrityError: The archive lacks the question file or referenced images (the first 20 named).
+    """
+    from filelock import FileLock, Timeout
+
+    root = Path(root) if root is not None else default_dataset_root("lrs_vqa")
+    requested = "local" if parts_dir is not None else revision
+    if not force and _marker_revision(root) == requested:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / ".fetch.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _say(progress, f"waiting for another fetch of {root} to finish (lock {lock.lock_file})")
+        lock.acquire()
+    try:
+        if not force and _marker_revision(root) == requested:
+            return root
+        (root / MARKER_NAME).unlink(missing_ok=True)
+        volumes, sha, expected = _volumes(root, revision, parts_dir, progress)
+        archive.verify_volumes(volumes, expected, progress=progress)
+        _remove_stale_partials(root)
+        backend, _ = archive.resolve_extractor(extractor)
+        _say(progress, f"extracting {len(volumes)} volumes into {root} with {backend}")
+        _install(archive.extract(volumes, root, extractor=extractor, progress=progress), root)
+        missing = check_images(root)
+        if missing:
+            raise DatasetIntegrityError(
+                f"{len(missing)} image(s) referenced by {QUESTION_FILE} are missing under {root} after extraction "
+                f"(first 20: {', '.join(missing[:20])}); the data stays in {root / 'LRS_VQA'} but is not marked "
+                f"complete: re-fetch with --force, or set {ROOT_ENV}={root} to evaluate the rest (missing images "
+                "are recorded as failed samples)"
+            )
+        _write_marker(root, requested, sha, volumes, expected, backend)
+    finally:
+        lock.release()
+    _say(progress, f"LRS-VQA complete in {root}")
+    return root
+
+
+def _volumes(
+    root: Path, revision: str, parts_dir: str | Path | None, progress: bool
+) -> tuple[list[Path], str | None, dict[str, tuple[int | None, str | None]] | None]:
+    """Return ``(volumes, resolved sha, expected sizes/hashes)``, downloading from the Hub unless ``parts_dir``."""
+    if parts_dir is not None:
+        return archive.find_volumes(parts_dir, ARCHIVE_BASE), None, None
+    sha, files = _hub.list_remote_files(REPO_ID, revision=revision)
+    expected = {f.path: (f.size, f.sha256) for f in files if _is_volume_name(f.path)}
+    if not expected:
+        raise DatasetNotFoundError(
+            f"{REPO_ID} at revision {revision!r} ({sha}) lists no {ARCHIVE_BASE}.NNN volumes; "
+            f"check the revision (default {LRS_VQA_REVISION!r})"
+        )
+    if len(expected) != NUM_PARTS:
+        _say(True, f"note: {REPO_ID}@{sha} lists {len(expected)} volumes (the release has {NUM_PARTS})")
+    parts = root / "parts"
+    _say(progress, f"downloading {len(expected)} volumes of {REPO_ID}@{sha} into {parts}")
+    _hub.snapshot_download(REPO_ID, revision=sha, local_dir=parts, allow_patterns=[f"{ARCHIVE_BASE}.*"])
+    return archive.find_volumes(parts, ARCHIVE_BASE, expected_count=len(expected)), sha, expected
+
+
+def _is_volume_name(name: str) -> bool:
+    prefix = ARCHIVE_BASE + "."
+    return name.startswith(prefix) and len(name) == len(prefix) + 3 and name[len(prefix) :].isdigit()
+
+
+def _remove_stale_partials(root: Path) -> None:
+    for stale in root.glob(archive.PARTIAL_PREFIX + "*"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
+def _install(tmp: Path, root: Path) -> None:
+    """Move ``tmp/LRS_VQA`` to ``root/LRS_VQA`` (the old tree goes into ``tmp``, which is then removed)."""
+    try:
+        if not (tmp / QUESTION_FILE).is_file():
+            found = sorted(p.name for p in tmp.iterdir())
+            raise DatasetIntegrityError(
+                f"the archive holds no {QUESTION_FILE} (top level: {', '.join(found) or 'nothing'})"
+            )
+        target = root / "LRS_VQA"
+        if target.exists():
+            os.replace(target, tmp / "LRS_VQA.old")
+        os.replace(tmp / "LRS_VQA", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _marker_revision(root: Path) -> str | None:
+    """The requested revision recorded by a completion marker, or ``None`` when ``root`` is not complete."""
+    if not (root / QUESTION_FILE).is_file():
+        return None
+    try:
+        return json.loads((root / MARKER_NAME).read_text(encoding="utf-8")).get("revision")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_marker(
+    root: Path,
+    revision: str,
+    sha: str | None,
+    volumes: Sequence[Path],
+    expected: dict[str, tuple[int | None, str | None]] | None,
+    extractor: str,
+) -> None:
+    from lrs_plugin import __version__
+
+    parts = [
+        {"name": v.name, "size": v.stat().st_size, "sha256": (expected or {}).get(v.name, (None, None))[1]}
+        for v in volumes
+    ]
+    marker = {
+        "repo": REPO_ID,
+        "revision": revision,
+        "sha": sha,
+        "parts": parts,
+        "extractor": extractor,
+        "completed_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "plugin_version": __version__,
+    }
+    tmp = root / (MARKER_NAME + ".tmp")
+    tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, root / MARKER_NAME)
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(f"[lrs_vqa] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def resolve_root(root: str | Path | None = None) -> Path:
+    """Find the extracted dataset: ``root``, else ``$LRS_VQA_ROOT``, else the default fetch root when complete.
+
+    Args:
+        root: The folder containing ``LRS_VQA/`` or the ``LRS_VQA/`` folder itself.
+
+    Returns:
+        The absolute parent of ``LRS_VQA/`` (image paths in the question file are relative to it).
+
+    Raises:
+        DatasetNotFoundError: Nothing found; says how to fetch it or where to point ``LRS_VQA_ROOT``.
+    """
+    if root is None:
+        root = os.environ.get(ROOT_ENV) or None
+        source = f"${ROOT_ENV}"
+    else:
+        source = "the given root"
+    if root is None:
+        default = default_dataset_root("lrs_vqa")
+        if (default / MARKER_NAME).is_file() and (default / QUESTION_FILE).is_file():
+            return default.resolve()
+        raise DatasetNotFoundError(f"LRS-VQA not found (no complete fetch in {default}): {_MISSING_HINT}")
+    path = Path(root).expanduser().resolve()
+    for candidate in (path, path.parent):
+        if (candidate / QUESTION_FILE).is_file() and (candidate == path or path.name == "LRS_VQA"):
+            return candidate
+    raise DatasetNotFoundError(f"{source} {path} holds no {QUESTION_FILE} (nor is it LRS_VQA/ itself): {_MISSING_HINT}")
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Read the question file strictly: every row is checked, the first bad one raises.
+
+    Args:
+        path: ``LRS_VQA_merged.jsonl`` (JSON object per line; blank lines are skipped).
+
+    Returns:
+        The rows as parsed, in file order.
+
+    Raises:
+        DatasetNotFoundError: The file does not exist.
+        DatasetSchemaError: Malformed JSON, a missing or mistyped field, an unknown subset or category, or a
+            repeated ``question_id``; names the file, the 1-based line and the value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"question file {path} not found: {_MISSING_HINT}")
+    rows = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetSchemaError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
+            _check_row(row, where)
+            qid = row["question_id"]
+            if qid in seen:
+                raise DatasetSchemaError(f"{where}: question_id {qid!r} repeats line {seen[qid]}")
+            seen[qid] = number
+            rows.append(row)
+    return rows
+
+
+def _check_row(row: Any, where: str) -> None:
+    if not isinstance(row, dict):
+        raise DatasetSchemaError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for field in REQUIRED_FIELDS:
+        if field not in row:
+            raise DatasetSchemaError(f"{where}: missing field {field!r} (required: {', '.join(REQUIRED_FIELDS)})")
+    for field in ("question_id", "image", "category", "text", "ground_truth"):
+        if not isinstance(row[field], str):
+            raise DatasetSchemaError(f"{where}: field {field!r} must be a string, got {row[field]!r}")
+    subset = subset_of(row["question_id"])
+    if subset not in SUBSETS:
+        raise DatasetSchemaError(
+            f"{where}: question_id {row['question_id']!r} has unknown prefix {subset!r}; valid: {', '.join(SUBSETS)}"
+        )
+    category = row["category"]
+    if category not in CATEGORIES:
+        raise DatasetSchemaError(f"{where}: unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
+    if category not in SUBSETS[subset]:
+        raise DatasetSchemaError(
+            f"{where}: category {category!r} does not occur in {subset}; valid there: {', '.join(SUBSETS[subset])}"
+        )
+    size = row["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        raise DatasetSchemaError(f"{where}: image_size must be [W, H] with positive integers, got {size!r}")
+    for field, length in (("hbox", 4), ("rbox", 8)):
+        value = row.get(field)
+        if value is not None and not (
+            isinstance(value, list) and len(value) == length and all(_is_number(v) for v in value)
+        ):
+            raise DatasetSchemaError(f"{where}: {field} must be a list of {length} numbers, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def subset_of(question_id: str) -> str:
+    """Return the source dataset of a question id (``"GLH-Bridge_12"`` -> ``"GLH-Bridge"``)."""
+    return question_id.rsplit("_", 1)[0]
+
+
+def build_docs(root: str | Path | None, subset: str | None = None) -> list[dict[str, Any]]:
+    """Build the docs of one subset (``None``: all), in file order.
+
+    Args:
+        root: As in :func:`resolve_root` (``None``: ``$LRS_VQA_ROOT`` or the default fetch root).
+        subset: ``"FAIR"``, ``"GLH-Bridge"``, ``"STAR"`` or ``None``.
+
+    Returns:
+        Dicts with exactly the keys :data:`DOC_KEYS` (same types in every row, absent fields are ``None``):
+        ``image_path`` is absolute; ``image_size`` is ``[W, H]``; ``hbox`` ``[x1, y1, x2, y2]`` ints and ``rbox``
+        8 floats as in the file (not clipped: see :func:`clip_box`).
+
+    Raises:
+        ConfigError: Unknown subset (valid ones named).
+        DatasetNotFoundError / DatasetSchemaError: As in :func:`resolve_root` / :func:`load_questions`.
+    """
+    if subset is not None and subset not in SUBSETS:
+        raise ConfigError(f"unknown LRS-VQA subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    base = resolve_root(root)
+    docs = []
+    for row in load_questions(base / QUESTION_FILE):
+        row_subset = subset_of(row["question_id"])
+        if subset is not None and row_subset != subset:
+            continue
+        hbox, rbox = row.get("hbox"), row.get("rbox")
+        docs.append(
+            {
+                "question_id": row["question_id"],
+                "subset": row_subset,
+                "image": row["image"],
+                "image_path": str(base / row["image"]),
+                "category": row["category"],
+                "text": row["text"],
+                "ground_truth": row["ground_truth"],
+                "hbox": None if hbox is None else [int(v) for v in hbox],
+                "rbox": None if rbox is None else [float(v) for v in rbox],
+                "image_size": [int(v) for v in row["image_size"]],
+                "size_bin": _optional_str(row.get("size_bin")),
+                "abs_size": _optional_str(row.get("abs_size")),
+            }
+        )
+    return docs
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def check_images(root: str | Path | None) -> list[str]:
+    """Return the image paths referenced by the question file that do not exist (as written there, de-duplicated).
+
+    Args:
+        root: As in :func:`resolve_root`.
+    """
+    base = resolve_root(root)
+    missing: dict[str, None] = {}
+    for row in load_questions(base / QUESTION_FILE):
+        image = row["image"]
+        if image not in missing and not (base / image).is_file():
+            missing[image] = None
+    return list(missing)
+
+
+def clip_box(box: Sequence[float], image_size: Sequence[int]) -> tuple[int, int, int, int] | None:
+    """Clip an ``[x1, y1, x2, y2]`` box into the image ``[0, W] x [0, H]``.
+
+    Some FAIR boxes overflow the image or have negative coordinates; they are clipped, not rejected. Fractional
+    coordinates widen to whole pixels (floor the start, ceil the end).
+
+    Args:
+        box: ``[x1, y1, x2, y2]`` in source pixels.
+        image_size: ``[W, H]``.
+
+    Returns:
+        The clipped box, or ``None`` when nothing of it is inside the image.
+
+    Raises:
+        DatasetSchemaError: ``box`` does not have 4 numbers or ``image_size`` 2.
+    """
+    if len(box) != 4 or len(image_size) != 2:
+        raise DatasetSchemaError(f"clip_box needs [x1, y1, x2, y2] and [W, H], got {list(box)!r} and {image_size!r}")
+    width, height = int(image_size[0]), int(image_size[1])
+    x1 = min(max(math.floor(box[0]), 0), width)
+    y1 = min(max(math.floor(box[1]), 0), height)
+    x2 = min(max(math.ceil(box[2]), 0), width)
+    y2 = min(max(math.ceil(box[3]), 0), height)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return x1, y1, x2, y2
