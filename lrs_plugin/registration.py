@@ -24,5 +24,6 @@ def get_manifests() -> list:
 
         logger.opt(exception=True).warning("lrs-plugin: task folder hook not installed; use --include_path")
     return [
+        ModelManifest(model_id="c2f_llava", simple_class_path="lrs_plugin.models.c2f_llava.C2FLlava"),
         ModelManifest(model_id="lrs_dummy", simple_class_path="lrs_plugin.models.lrs_dummy.LrsDummy"),
     ]

@@ -1,0 +1,102 @@
+"""``c2f``: coarse-to-fine text-guided pruning (Dynamic Image Pyramid + Region Focus Module), see docs/c2f.md."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lrs_plugin.errors import ConfigError
+from lrs_plugin.reducers import ReducerOutput, register_reducer
+
+if TYPE_CHECKING:
+    from lrs_plugin.backbone import Backbone
+
+__all__ = ["C2FReducer", "resolve_focus_name"]
+
+
+def _checkpoint_has_rfm(backbone: Backbone) -> bool:
+    """Whether the checkpoint folder holds Region Focus Module tensors in the released key layout."""
+    from lrs_plugin._rfm import read_original_rfm_weights
+
+    source = getattr(backbone.model.config, "_name_or_path", "") or ""
+    return bool(source) and bool(read_original_rfm_weights(source))
+
+
+def resolve_focus_name(name: str, backbone: Backbone) -> str:
+    """``auto`` -> ``rfm`` when the checkpoint ships Region Focus Module weights, else ``llm_attention`` (logged)."""
+    if name != "auto":
+        return name
+    from loguru import logger
+
+    chosen = "rfm" if _checkpoint_has_rfm(backbone) else "llm_attention"
+    logger.info(
+        "c2f: focus=auto chose {!r} (RFM weights {}found in the checkpoint)", chosen, "" if chosen == "rfm" else "not "
+    )
+    return chosen
+
+
+@register_reducer("c2f", stage="pyramid")
+class C2FReducer:
+    """Builds the pyramid lazily from the image file, scores with a focus module, zooms, prunes, answers.
+
+    Args:
+        backbone: The loaded backbone.
+        focus: Focus scorer name (``auto``, ``rfm``, ``llm_attention``, ``oracle``, ``uniform``).
+        focus_options: Knobs of the scorer (e.g. ``{"layer": 2}``, ``{"rfm_path": ...}``).
+        image_cache: Images kept open at once (the model sorts questions by image, so 1 decodes each image once).
+        **config: Fields of :class:`lrs_plugin.c2f.C2FConfig` (``keep_ratio``, ``num_zoom_steps``, ...).
+    """
+
+    name = "c2f"
+    stage = "pyramid"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        focus: str = "auto",
+        focus_options: Mapping[str, Any] | None = None,
+        image_cache: int = 1,
+        **config: Any,
+    ) -> None:
+        from lrs_plugin.c2f import C2FConfig
+        from lrs_plugin.focus import build_focus
+        from lrs_plugin.imagery import ImageCache
+
+        fields = {f.name for f in dataclasses.fields(C2FConfig)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ConfigError(
+                f"reducer 'c2f' has no option(s) {unknown}; valid: focus, image_cache, "
+                f"focus_* knobs, {', '.join(sorted(fields))}"
+            )
+        self.backbone = backbone
+        self.config = C2FConfig(**config)
+        self.focus_name = resolve_focus_name(focus, backbone)
+        self.focus = build_focus(self.focus_name, backbone, dict(focus_options or {}))
+        self.images = ImageCache(max_open=int(image_cache))
+
+    def answer(
+        self,
+        image_path: str,
+        question: str,
+        *,
+        doc: Mapping[str, Any],
+        max_new_tokens: int,
+        stop_strings: list[str] | None = None,
+    ) -> ReducerOutput:
+        """Answer one question with coarse-to-fine pruning."""
+        from lrs_plugin.c2f import run_c2f
+
+        image = self.images.get(image_path)
+        result = run_c2f(
+            self.backbone, image, question, self.focus, self.config, doc=doc, max_new_tokens=max_new_tokens
+        )
+        stats = dict(result.stats)
+        stats["focus"] = self.focus_name
+        return ReducerOutput(text=result.answer, stats=stats)
+
+    def close(self) -> None:
+        """Close cached images (and delete their scratch files)."""
+        self.images.close_all()

@@ -1,0 +1,77 @@
+"""``none``: the plain backbone, exactly as transformers (and lmms-eval's ``llava_hf``) runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lrs_plugin.errors import ConfigError
+from lrs_plugin.reducers import ReducerOutput, register_reducer
+
+if TYPE_CHECKING:
+    from lrs_plugin.backbone import Backbone
+
+__all__ = ["PlainReducer"]
+
+
+def _num_tiles(backbone: Backbone, image_wh: tuple[int, int]) -> int:
+    """Tiles the stock preprocessing feeds to the vision tower (1, or LLaVA-NeXT's anyres grid + base image)."""
+    if backbone.arch != "llava_next":
+        return 1
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    return int(
+        image_size_to_num_patches(
+            image_size=(image_wh[1], image_wh[0]),
+            grid_pinpoints=backbone.config.image_grid_pinpoints,
+            patch_size=backbone.tile_size,
+        )
+    )
+
+
+@register_reducer("none", stage="pre_llm")
+class PlainReducer:
+    """The stock model: the processor's own image preprocessing, every vision token sent to the LLM.
+
+    The whole image is decoded (the processor needs it); on huge images this is the costly baseline by design.
+    """
+
+    name = "none"
+    stage = "pre_llm"
+
+    def __init__(self, backbone: Backbone, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"reducer 'none' takes no options; got {sorted(options)}")
+        self.backbone = backbone
+
+    def answer(
+        self,
+        image_path: str,
+        question: str,
+        *,
+        doc: Mapping[str, Any],
+        max_new_tokens: int,
+        stop_strings: list[str] | None = None,
+    ) -> ReducerOutput:
+        """Answer with the plain backbone."""
+        from lrs_plugin.imagery import open_lazy
+
+        with open_lazy(image_path) as lazy:
+            image = lazy.convert("RGB")
+        vision = self.backbone.plain_vision_embeds(image)
+        prefix, suffix = self.backbone.split_prompt(question)
+        embeds, _ = self.backbone.assemble(prefix, vision, suffix)
+        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+        tiles = _num_tiles(self.backbone, image.size)
+        stats = {
+            "tiles_encoded": tiles,
+            "vision_tokens_encoded": tiles * self.backbone.tokens_per_tile,
+            "vision_tokens_to_llm": int(vision.shape[0]),
+            "llm_input_len": int(embeds.shape[1]),
+            "new_tokens": out.num_new_tokens,
+            "focus_passes": [],
+        }
+        return ReducerOutput(text=out.text, stats=stats)
+
+    def close(self) -> None:
+        """Nothing cached."""
