@@ -17,10 +17,10 @@ __all__ = ["C2FReducer", "resolve_focus_name"]
 
 def _checkpoint_has_rfm(backbone: Backbone) -> bool:
     """Whether the checkpoint folder holds Region Focus Module tensors in the released key layout."""
-    from lrs_plugin._rfm import read_original_rfm_weights
+    from lrs_plugin._rfm import has_original_rfm_weights
 
     source = getattr(backbone.model.config, "_name_or_path", "") or ""
-    return bool(source) and bool(read_original_rfm_weights(source))
+    return bool(source) and has_original_rfm_weights(source)
 
 
 def resolve_focus_name(name: str, backbone: Backbone) -> str:
@@ -91,7 +91,14 @@ class C2FReducer:
 
         image = self.images.get(image_path)
         result = run_c2f(
-            self.backbone, image, question, self.focus, self.config, doc=doc, max_new_tokens=max_new_tokens
+            self.backbone,
+            image,
+            question,
+            self.focus,
+            self.config,
+            doc=doc,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
         )
         stats = dict(result.stats)
         stats["focus"] = self.focus_name
