@@ -66,6 +66,7 @@ def run_lmms_eval(
     output_path: Path,
     model_args: str = "",
     include_path: Path | None = None,
+    use_task_hook: bool = False,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     launcher: Sequence[str] | None = None,
@@ -80,6 +81,8 @@ def run_lmms_eval(
         output_path: ``--output_path`` folder.
         model_args: ``--model_args`` string.
         include_path: Task folder; defaults to this plugin's :func:`tasks_dir`.
+        use_task_hook: Run the ``lmms-eval`` console script with no ``--include_path``, relying on the plugin's
+            task-folder hook: the plain command users type (``lmms-eval --model c2f_llava --tasks lrs_vqa ...``).
         extra_args: More CLI arguments (e.g. ``["--limit", "4"]``).
         env: Environment of the child process (default: :func:`offline_env`).
         launcher: Command prefix replacing ``[sys.executable]`` (its last element must accept ``-m lmms_eval``).
@@ -94,10 +97,17 @@ def run_lmms_eval(
     """
     output_path = Path(output_path)
     output_path.mkdir(parents=True, exist_ok=True)
-    cmd = [*(launcher or [sys.executable]), "-m", "lmms_eval", "--model", model, "--tasks", ",".join(tasks)]
+    if launcher is None and use_task_hook:
+        # The exact command users type: the `lmms-eval` console script next to this interpreter.
+        cmd = [str(Path(sys.executable).with_name("lmms-eval"))]
+    else:
+        cmd = [*(launcher or [sys.executable]), "-m", "lmms_eval"]
+    cmd += ["--model", model, "--tasks", ",".join(tasks)]
     if model_args:
         cmd += ["--model_args", model_args]
-    cmd += ["--include_path", str(include_path or tasks_dir()), "--output_path", str(output_path)]
+    if not use_task_hook:
+        cmd += ["--include_path", str(include_path or tasks_dir())]
+    cmd += ["--output_path", str(output_path)]
     cmd += ["--log_samples", *extra_args]
     start = time.time()
     proc = subprocess.Popen(

@@ -23,8 +23,8 @@ __all__ = ["ModelSettings", "parse_model_args", "coerce_none"]
 
 
 def coerce_none(value: Any) -> Any:
-    """``"None"`` / ``"none"`` / ``"null"`` strings become ``None``; everything else is returned unchanged."""
-    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+    """The strings ``"None"`` and ``"null"`` become ``None`` (lowercase ``none`` stays: it is a reducer name)."""
+    if isinstance(value, str) and value.strip() in ("None", "null"):
         return None
     return value
 

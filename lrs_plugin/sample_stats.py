@@ -4,7 +4,8 @@ lmms-eval 0.7.3 passes only the answer text (and three token counters) from ``ge
 ``process_results``, and ``process_results`` receives the document but neither a ``doc_id`` nor the task name.
 Both run in the same process (each rank scores its own documents), so a model of this plugin records what it knows
 about one sample (failure reason, token counts, FLOPs, latency) here, keyed by the document's unique question id,
-and the task takes it back exactly once. This is the one process-level object of the plugin; it exists because the
+and the task reads it, then removes it once the sample is scored (lmms-eval retries a failed ``process_results``,
+so reading must not consume the entry). This is the one process-level object of the plugin; it exists because the
 harness offers no other channel, holds only pending samples, and is emptied as they are scored.
 """
 
@@ -33,6 +34,12 @@ class SampleStatsStore:
         """Record (or replace) the stats of one sample."""
         with self._lock:
             self._items[key] = dict(stats)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stats of one sample, left in the store (``None`` when the model recorded nothing)."""
+        with self._lock:
+            item = self._items.get(key)
+            return None if item is None else dict(item)
 
     def pop(self, key: str) -> dict[str, Any] | None:
         """Take the stats of one sample out of the store; ``None`` when the model recorded nothing."""

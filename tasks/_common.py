@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["EFFICIENCY_KEYS", "efficiency_metrics", "first_response", "mean_skip_none"]
+__all__ = ["EFFICIENCY_KEYS", "efficiency_metrics", "first_response", "log_failures", "mean_skip_none"]
 
 #: Per-sample efficiency figures a model of this plugin records (see :mod:`lrs_plugin.sample_stats`); each becomes a
 #: metric ``eff_<key>`` whose mean is reported per task (``None`` for models that record nothing).
@@ -33,3 +34,19 @@ def efficiency_metrics(stats: dict[str, Any]) -> dict[str, float | None]:
         value = stats.get(key)
         out[f"eff_{key}"] = None if value is None else float(value)
     return out
+
+
+def log_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Log an exception of a task hook before re-raising it: lmms-eval retries ``process_results`` silently."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            from loguru import logger
+
+            logger.opt(exception=True).warning("lrs-plugin: {} raised (lmms-eval may retry it)", fn.__name__)
+            raise
+
+    return wrapper

@@ -70,7 +70,7 @@ def test_mme_yaml_metrics_and_names():
         "cat_color",
         "cat_count",
         "cat_position",
-    ]
+    ] + [f"eff_{k}" for k in _common.EFFICIENCY_KEYS]
     assert _load("mmerealworld_rs/mmerealworld_rs.yaml")["task"] == "mmerealworld_rs"
     assert _load("mmerealworld_rs/mmerealworld_rs_strict.yaml")["task"] == "mmerealworld_rs_strict"
 

@@ -13,7 +13,7 @@ from typing import Any
 from lrs_plugin import scoring
 from lrs_plugin.data import lrs_vqa as lrs_data
 from lrs_plugin.sample_stats import STORE, sample_key
-from lrs_plugin.tasks._common import efficiency_metrics, first_response, mean_skip_none
+from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures, mean_skip_none
 
 __all__ = [
     "BENCHMARK",
@@ -114,13 +114,14 @@ def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, 
     return f"{kwargs.get('pre_prompt', '')}{doc['text']}{kwargs.get('post_prompt', '')}"
 
 
+@log_failures
 def process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str, Any]:
     """Score one answer: ``oa`` (0 or 100), ``aa`` (the sample record), and the ``cat_*`` metrics of its subset.
 
     A sample whose model recorded a failure (e.g. unreadable image) is scored wrong and keeps the reason.
     """
     prediction = first_response(results)
-    stats = STORE.pop(sample_key(doc)) or {}
+    stats = STORE.get(sample_key(doc)) or {}
     error = stats.get("error")
     correct = error is None and scoring.lrs_is_correct(prediction, doc["ground_truth"], synonyms=SYNONYMS)
     score = 100.0 if correct else 0.0
@@ -138,6 +139,7 @@ def process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str,
     for category in lrs_data.SUBSETS[doc["subset"]]:
         out[category_metric(category)] = score if doc["category"] == category else None
     out.update(efficiency_metrics(stats))
+    STORE.pop(sample_key(doc))  # only once the sample is scored: lmms-eval retries a process_results that raised
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from lrs_plugin import scoring
 from lrs_plugin.data import mme_realworld_rs as mme_data
 from lrs_plugin.sample_stats import STORE, sample_key
-from lrs_plugin.tasks._common import efficiency_metrics, first_response, mean_skip_none
+from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures, mean_skip_none
 
 __all__ = [
     "BENCHMARK",
@@ -78,9 +78,10 @@ def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, 
     return mme_data.build_prompt(doc, style=style)
 
 
+@log_failures
 def _process(doc: Mapping[str, Any], results: Sequence[Any], extraction: str) -> dict[str, Any]:
     prediction = first_response(results)
-    stats = STORE.pop(sample_key(doc)) or {}
+    stats = STORE.get(sample_key(doc)) or {}
     error = stats.get("error") or doc.get("image_error")
     options = list(doc["options"])
     extracted = scoring.mme_extract_choice(prediction, options, mode=extraction)
@@ -101,6 +102,7 @@ def _process(doc: Mapping[str, Any], results: Sequence[Any], extraction: str) ->
     for category in mme_data.L2_CATEGORIES:
         out[f"cat_{category}"] = score if doc["category"] == category else None
     out.update(efficiency_metrics(stats))
+    STORE.pop(sample_key(doc))  # only once the sample is scored: lmms-eval retries a process_results that raised
     return out
 
 
