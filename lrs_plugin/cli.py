@@ -8,6 +8,7 @@ Sub-commands::
     lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
     lrs-plugin demo [--out DIR] [--small]
     lrs-plugin flops --paper-table [--json]
+    lrs-plugin visualize --pretrained DIR --image FILE --question TEXT [--out focus.png] [--focus NAME]
     lrs-plugin flops --model-config CONFIG.json --vision-tokens N [--convention paper|full] [--json]
 
 Errors of this plugin print one ``error:`` line and exit with status 2; anything else is a bug and keeps its
@@ -68,6 +69,17 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("visualize", help="draw the pyramid levels, selected tiles and focus heat map of one question")
+    p.add_argument("--pretrained", required=True, help="LLaVA / LLaVA-NeXT checkpoint folder")
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--out", type=Path, default=Path("focus.png"))
+    p.add_argument("--focus", default="auto", help="focus scorer: auto, rfm, llm_attention, oracle, uniform")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-zoom-steps", type=int, default=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lrs-plugin``."""
     parser = argparse.ArgumentParser(prog="lrs-plugin", description=__doc__.split("\n\n")[0])
@@ -79,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_demo(sub)
     _add_flops(sub)
+    _add_visualize(sub)
     return parser
 
 
@@ -160,6 +173,22 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _visualize(args: argparse.Namespace) -> int:
+    from lrs_plugin.visualize import visualize
+
+    summary = visualize(
+        args.pretrained,
+        args.image,
+        args.question,
+        args.out,
+        focus=args.focus,
+        device=args.device,
+        options={"num_zoom_steps": args.num_zoom_steps},
+    )
+    print(json.dumps(summary))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from lrs_plugin.demo import run_demo
 
@@ -169,7 +198,7 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lrs-plugin`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     args = build_parser().parse_args(argv)
-    handlers = {"fetch": _fetch, "score": _score, "demo": _demo, "flops": _flops}
+    handlers = {"fetch": _fetch, "score": _score, "demo": _demo, "flops": _flops, "visualize": _visualize}
     try:
         return handlers[args.command](args)
     except LrsPluginError as exc:
