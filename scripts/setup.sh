@@ -24,10 +24,10 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-if ! .venv/bin/python -c "import lrs_plugin, lmms_eval, torch, torchvision, pytest" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import lrs_plugin, lmms_eval, torch, torchvision, pytest, pyvips" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.lrs_plugin_installed ]; then
   echo "setup: installing lrs-plugin and its dependencies into .venv" >&2
   .venv/bin/python -m pip install -q -c requirements/constraints.txt torch torchvision
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[test]"
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[test,images]"
   touch .venv/.lrs_plugin_installed
 fi

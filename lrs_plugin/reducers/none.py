@@ -9,6 +9,8 @@ from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
 
 if TYPE_CHECKING:
+    import torch
+
     from lrs_plugin.backbone import Backbone
 
 __all__ = ["PlainReducer"]
@@ -33,7 +35,9 @@ def _num_tiles(backbone: Backbone, image_wh: tuple[int, int]) -> int:
 class PlainReducer:
     """The stock model: the processor's own image preprocessing, every vision token sent to the LLM.
 
-    The whole image is decoded (the processor needs it); on huge images this is the costly baseline by design.
+    The whole image is decoded (the processor needs it); on huge images this is the costly baseline by design. The
+    vision tokens depend on the image only, so those of the last image are kept: the model asks the questions of one
+    image in a row, and each image is decoded and encoded once.
     """
 
     name = "none"
@@ -43,6 +47,18 @@ class PlainReducer:
         if options:
             raise ConfigError(f"reducer 'none' takes no options; got {sorted(options)}")
         self.backbone = backbone
+        self._last: tuple[str, torch.Tensor, int] | None = None  # (path, vision tokens [N, C], tiles)
+
+    def _vision(self, image_path: str) -> tuple[torch.Tensor, int]:
+        if self._last is None or self._last[0] != image_path:
+            from lrs_plugin.imagery import open_lazy
+
+            self._last = None  # release the previous image's tokens before decoding the next one
+            with open_lazy(image_path) as lazy:
+                image = lazy.convert("RGB")
+            vision = self.backbone.plain_vision_embeds(image)
+            self._last = (image_path, vision, _num_tiles(self.backbone, image.size))
+        return self._last[1], self._last[2]
 
     def answer(
         self,
@@ -54,15 +70,10 @@ class PlainReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer with the plain backbone."""
-        from lrs_plugin.imagery import open_lazy
-
-        with open_lazy(image_path) as lazy:
-            image = lazy.convert("RGB")
-        vision = self.backbone.plain_vision_embeds(image)
+        vision, tiles = self._vision(image_path)
         prefix, suffix = self.backbone.split_prompt(question)
         embeds, _ = self.backbone.assemble(prefix, vision, suffix)
         out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
-        tiles = _num_tiles(self.backbone, image.size)
         stats = {
             "tiles_encoded": tiles,
             "vision_tokens_encoded": tiles * self.backbone.tokens_per_tile,
@@ -74,4 +85,5 @@ class PlainReducer:
         return ReducerOutput(text=out.text, stats=stats)
 
     def close(self) -> None:
-        """Nothing cached."""
+        """Forget the last image's vision tokens."""
+        self._last = None

@@ -90,6 +90,7 @@ def write_lrs_vqa(
     seed: int = 0,
     questions_per_subset: Mapping[str, int] | None = None,
     bomb_image: bool = True,
+    bomb_side: int = BOMB_SIDE,
 ) -> Path:
     """Write a synthetic LRS-VQA tree (``<out_parent>/LRS_VQA/``, replaced if present).
 
@@ -98,7 +99,8 @@ def write_lrs_vqa(
         seed: Seed of everything random; the same seed gives byte-identical files.
         questions_per_subset: ``{"FAIR": n, "GLH-Bridge": n, "STAR": n}`` (missing subsets take
             :data:`DEFAULT_QUESTIONS`); each ``n`` must be at least the subset's number of categories.
-        bomb_image: Add a 1-bit STAR PNG of :data:`BOMB_SIDE` px square (a few KB on disk).
+        bomb_image: Add a 1-bit STAR PNG of ``bomb_side`` px square (a few KB on disk).
+        bomb_side: Side of that PNG, at least :data:`BOMB_SIDE` (e.g. 27,328, the largest LRS-VQA image).
 
     Returns:
         ``out_parent`` (the dataset root: the folder that contains ``LRS_VQA/``).
@@ -106,6 +108,8 @@ def write_lrs_vqa(
     Raises:
         ConfigError: Unknown subset name or too few questions for a subset's categories.
     """
+    if int(bomb_side) < BOMB_SIDE:
+        raise ConfigError(f"bomb_side={bomb_side!r} must be >= {BOMB_SIDE} (the size that exceeds Pillow's limit)")
     counts = dict(DEFAULT_QUESTIONS)
     for subset, n in (questions_per_subset or {}).items():
         if subset not in SUBSETS:
@@ -122,7 +126,7 @@ def write_lrs_vqa(
     rows: list[dict[str, Any]] = []
     images: dict[str, tuple[int, int]] = {}
     for subset in SUBSETS:
-        subset_images = _plan_images(rng, subset, counts[subset], bomb_image and subset == "STAR")
+        subset_images = _plan_images(rng, subset, counts[subset], bomb_image and subset == "STAR", int(bomb_side))
         images.update(subset_images)
         rows.extend(_plan_rows(rng, subset, counts[subset], list(subset_images.items())))
     boxes: dict[str, list[list[int]]] = {name: [] for name in images}
@@ -142,7 +146,9 @@ def write_lrs_vqa(
     return out_parent
 
 
-def _plan_images(rng: random.Random, subset: str, n_questions: int, bomb: bool) -> dict[str, tuple[int, int]]:
+def _plan_images(
+    rng: random.Random, subset: str, n_questions: int, bomb: bool, bomb_side: int = BOMB_SIDE
+) -> dict[str, tuple[int, int]]:
     count = max(2, math.ceil(n_questions / QUESTIONS_PER_IMAGE))
     numbers = rng.sample(range(1, 10_000), count + 1)
     names = {
@@ -152,7 +158,7 @@ def _plan_images(rng: random.Random, subset: str, n_questions: int, bomb: bool) 
     }[subset]
     planned = {f"LRS_VQA/image/{name}": rng.choice(_IMAGE_SIZES[subset]) for name in names[:count]}
     if bomb:
-        planned[f"LRS_VQA/image/{names[count]}"] = (BOMB_SIDE, BOMB_SIDE)
+        planned[f"LRS_VQA/image/{names[count]}"] = (bomb_side, bomb_side)
     return planned
 
 

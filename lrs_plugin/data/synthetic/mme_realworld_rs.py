@@ -78,7 +78,7 @@ def write_mme_parquet(
 
     rng = random.Random(seed)
     per_category = dict(DEFAULT_ROWS_PER_CATEGORY if rows_per_category is None else rows_per_category)
-    rs_images = [_encode(_picture(rng, 48, 32), "PNG" if i % 2 == 0 else "JPEG") for i in range(_NUM_RS_IMAGES)]
+    rs_images = [_encode(_picture(rng, 240, 160), "PNG" if i % 2 == 0 else "JPEG") for i in range(_NUM_RS_IMAGES)]
     rs_rows = []
     for l2, count in per_category.items():
         for _ in range(count):
@@ -129,9 +129,11 @@ def _row(rng: random.Random, category: str, l2: str, image_b64: str) -> dict:
 
 
 def _picture(rng: random.Random, width: int, height: int):
+    """Blocks of random colour (8 x 8 px): larger than one vision tile of the tiny test models, a few KB as PNG."""
     from PIL import Image
 
-    return Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+    cells = Image.frombytes("RGB", (width // 8, height // 8), rng.randbytes((width // 8) * (height // 8) * 3))
+    return cells.resize((width, height), Image.Resampling.NEAREST)
 
 
 def _encode(image, fmt: str) -> str:
