@@ -19,11 +19,11 @@ file, the line and the field.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from lrs_plugin._jsonl import iter_json_objects
 from lrs_plugin.errors import ConfigError, ScoringInputError
 
 __all__ = ["read_answer_records", "read_lrs_answers", "read_mme_answers"]
@@ -35,20 +35,7 @@ _LRS_INSTRUCTION = "Answer the question using a single word or phrase."
 
 def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(location, object)`` per non-blank line; ``location`` is ``"<path>, line <n>"``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScoringInputError(f"cannot read answers file {path}: {exc}") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScoringInputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise ScoringInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for where, _number, obj in iter_json_objects(path, error=ScoringInputError):
         yield where, obj
 
 

@@ -398,7 +398,7 @@ def _record_without(row, field, metric="aa"):
 
 
 LRS_MALFORMED = [
-    pytest.param('{"question_id": "FAIR_1", "text": ', r"line 2: not valid JSON", id="invalid-json"),
+    pytest.param('{"question_id": "FAIR_1", "text": ', r"line 2: malformed JSON", id="invalid-json"),
     pytest.param("[1, 2]", r"line 2: expected a JSON object, got list", id="not-an-object"),
     pytest.param(_without(_runner(), "text"), r"line 2: missing field 'text'", id="runner-no-text"),
     pytest.param(_without(_runner(), "category"), r"line 2: missing field 'category'", id="runner-no-category"),
@@ -433,7 +433,7 @@ def test_read_lrs_answers_malformed(tmp_path, bad_line, message):
 
 
 MME_MALFORMED = [
-    pytest.param("{", r"line 2: not valid JSON", id="invalid-json"),
+    pytest.param("{", r"line 2: malformed JSON", id="invalid-json"),
     pytest.param({"foo": 1}, r"line 2: neither an lmms-eval samples line", id="unknown-format"),
     pytest.param(_without(_mme_official(), "Output"), r"line 2: missing field 'Output'", id="official-no-output"),
     pytest.param(

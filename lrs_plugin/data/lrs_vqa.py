@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lrs_plugin._jsonl import iter_json_objects
 from lrs_plugin.data import _hub, archive
 from lrs_plugin.data._paths import default_dataset_root
 from lrs_plugin.errors import (
@@ -334,21 +335,13 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
         raise DatasetNotFoundError(f"question file {path} not found: {_MISSING_HINT}")
     rows = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetSchemaError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
-            _check_row(row, where)
-            qid = row["question_id"]
-            if qid in seen:
-                raise DatasetSchemaError(f"{where}: question_id {qid!r} repeats line {seen[qid]}")
-            seen[qid] = number
-            rows.append(row)
+    for where, number, row in iter_json_objects(path, error=DatasetSchemaError):
+        _check_row(row, where)
+        qid = row["question_id"]
+        if qid in seen:
+            raise DatasetSchemaError(f"{where}: question_id {qid!r} repeats line {seen[qid]}")
+        seen[qid] = number
+        rows.append(row)
     return rows
 
 
