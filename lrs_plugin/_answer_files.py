@@ -35,7 +35,7 @@ _LRS_INSTRUCTION = "Answer the question using a single word or phrase."
 
 def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(location, object)`` per non-blank line; ``location`` is ``"<path>, line <n>"``."""
-    for where, _number, obj in iter_json_objects(path, error=ScoringInputError):
+    for where, _number, obj in iter_json_objects(path, error=ScoringInputError, what="answers file"):
         yield where, obj
 
 

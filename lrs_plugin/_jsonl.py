@@ -10,12 +10,15 @@ from typing import Any
 __all__ = ["iter_json_objects"]
 
 
-def iter_json_objects(path: str | Path, *, error: type[Exception]) -> Iterator[tuple[str, int, dict[str, Any]]]:
+def iter_json_objects(
+    path: str | Path, *, error: type[Exception], what: str = "file"
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """Yield ``(where, line_number, object)`` for each non-blank line of a JSONL file.
 
     Args:
         path: The file.
         error: Exception class raised for an unreadable file, a malformed line or a line that is not an object.
+        what: What the file is, for the message of an unreadable file (``"answers file"``).
 
     Yields:
         ``where`` is ``"<path>, line <n>"`` (1-based), for messages about that line.
@@ -27,7 +30,7 @@ def iter_json_objects(path: str | Path, *, error: type[Exception]) -> Iterator[t
     try:
         handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below, after the check
     except OSError as exc:
-        raise error(f"cannot read {path}: {exc}") from exc
+        raise error(f"cannot read {what} {path}: {exc}") from exc
     with handle:
         try:
             for number, line in enumerate(handle, start=1):
@@ -42,4 +45,4 @@ def iter_json_objects(path: str | Path, *, error: type[Exception]) -> Iterator[t
                     raise error(f"{where}: expected a JSON object, got {type(obj).__name__}")
                 yield where, number, obj
         except UnicodeDecodeError as exc:
-            raise error(f"cannot read {path}: {exc}") from exc
+            raise error(f"cannot read {what} {path}: {exc}") from exc
