@@ -49,21 +49,23 @@ _LIMIT_LOCK = threading.RLock()
 def pillow_pixel_limit(max_pixels: int | None = MAX_PIXELS) -> Iterator[None]:
     """Temporarily set ``PIL.Image.MAX_IMAGE_PIXELS`` for the calls made inside the ``with`` block.
 
-    Pillow only exposes a module attribute, so the value is restored on exit and changes are serialised with a lock
-    so that two threads of ours never restore each other's value.
+    Inside the block ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is also pinned to ``False``, so a truncated file raises
+    instead of decoding to grey: lmms-eval 0.7.3 sets it to ``True`` process-wide when its task module is imported.
+    Pillow only exposes module attributes, so the values are restored on exit and changes are serialised with a lock
+    so that two threads of ours never restore each other's values.
 
     Args:
         max_pixels: The limit to apply inside the block (``None`` disables the check).
     """
-    from PIL import Image
+    from PIL import Image, ImageFile
 
     with _LIMIT_LOCK:
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        previous = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
         try:
             yield
         finally:
-            Image.MAX_IMAGE_PIXELS = previous
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def open_lazy(path: str | Path):

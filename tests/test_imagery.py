@@ -395,3 +395,18 @@ def test_repeated_regions_come_from_the_bounded_cache_as_copies(tmp_path):
         for n in range(2, 6):  # the cache stays within its byte budget
             image.read_region((0, 0, 60, 40), (30, 20 - n))
         assert image._memo_bytes <= 2 * 20 * 30 * 3 * 4 and len(image._memo) == 2
+
+
+def test_truncated_png_raises_even_when_pillow_is_told_to_load_truncated_images(tmp_path, monkeypatch):
+    # lmms-eval 0.7.3 sets ImageFile.LOAD_TRUNCATED_IMAGES = True when its task module is imported.
+    from PIL import ImageFile
+
+    from lrs_plugin.imagery import LargeImage
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with LargeImage(path, backend="memory") as image, pytest.raises(ImageReadError, match="cut.png"):
+        image.read_region((0, 0, 160, 120), (16, 12))
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
