@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["POOLS", "C2FConfig", "C2FResult", "build_level_grid", "c2f_sequence_keep_all", "run_c2f", "select_topk"]
 
 POOLS = ("avg2x2", "none")
+RESAMPLES = ("bilinear", "area")
 """Per-tile pooling of level grids: 2x2 average (the release; equals its bilinear x0.5) or none."""
 
 
@@ -71,6 +72,10 @@ class C2FConfig:
     max_tiles_per_level: int | None = None
     # Cap on vision tokens sent to the LLM (thumbnail + kept grid tokens incl. newlines); None = no cap.
     token_budget: int | None = None
+    # Pixel filter of every level and the thumbnail: "bilinear" (the released code's: F.interpolate, no antialias,
+    # which aliases at strong downscales) or "area" (box average over the source window; cleaner, not what the
+    # released model saw).
+    resample: str = "bilinear"
 
     def __post_init__(self) -> None:
         for name in ("keep_ratio", "select_ratio"):
@@ -87,6 +92,8 @@ class C2FConfig:
                 raise _invalid(name, getattr(self, name), "True or False")
         if self.masked_key_mode not in (None, "faithful", "exclude"):
             raise _invalid("masked_key_mode", self.masked_key_mode, "None, 'faithful', 'exclude'")
+        if self.resample not in RESAMPLES:
+            raise _invalid("resample", self.resample, ", ".join(repr(r) for r in RESAMPLES))
         if self.pool not in POOLS:
             raise _invalid("pool", self.pool, ", ".join(repr(p) for p in POOLS))
         for name in ("max_tiles_per_level", "token_budget"):
@@ -164,7 +171,12 @@ class _Session:
 
         bb = self.backbone
         pixels = render_thumbnail(
-            self.image, self.pyramid.thumbnail, tile=bb.tile_size, mean=bb.image_mean, std=bb.image_std
+            self.image,
+            self.pyramid.thumbnail,
+            tile=bb.tile_size,
+            mean=bb.image_mean,
+            std=bb.image_std,
+            resample=self.config.resample,
         )
         return torch.from_numpy(pixels).unsqueeze(0)
 
@@ -181,7 +193,15 @@ class _Session:
         from lrs_plugin.render import render_tiles
 
         bb, level = self.backbone, self.pyramid.levels[level_index]
-        pixels = render_tiles(self.image, level, tiles, tile=bb.tile_size, mean=bb.image_mean, std=bb.image_std)
+        pixels = render_tiles(
+            self.image,
+            level,
+            tiles,
+            tile=bb.tile_size,
+            mean=bb.image_mean,
+            std=bb.image_std,
+            resample=self.config.resample,
+        )
         feats = self._encode(torch.from_numpy(pixels), pool=True)
         (h, w), (rh, rw) = level.image_hw, level.resize_hw
         content_wh = (rw, rh) if zoomed else (w, h)  # method.md §9.5: base grid uses the source size

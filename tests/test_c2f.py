@@ -338,3 +338,18 @@ def test_masked_key_mode_reaches_the_scorer(backbones, images, mode, placeholder
     assert last["tokens_valid"] < last["tokens_in_grid"]  # the zoom left placeholders
     zeros = sum(s == 0.0 for s in last["scores"])
     assert (zeros == 0) if placeholders_scored else (zeros == last["tokens_in_grid"] - last["tokens_valid"])
+
+
+def test_resample_filter_is_a_validated_setting(backbones, images):
+    with pytest.raises(ConfigError, match="resample"):
+        C2FConfig(resample="bicubic")
+    bb = backbones[VARIANTS[0]]
+    focus = build_focus("uniform", bb)
+    runs = {
+        name: run_c2f(
+            bb, images["mid"], QUESTION, focus, C2FConfig(resample=name), max_new_tokens=2, return_inputs_embeds=True
+        )
+        for name in ("bilinear", "area")
+    }
+    assert runs["bilinear"].inputs_embeds.shape == runs["area"].inputs_embeds.shape
+    assert not torch.equal(runs["bilinear"].inputs_embeds, runs["area"].inputs_embeds)  # the filter reaches the pixels
