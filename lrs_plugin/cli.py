@@ -8,6 +8,7 @@ Sub-commands::
     lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
     lrs-plugin demo [--out DIR] [--small]
     lrs-plugin flops --paper-table [--json]
+    lrs-plugin leaderboard submit RESULTS.json [--replace] | validate [FILE] | render [--readme README.md]
     lrs-plugin visualize --pretrained DIR --image FILE --question TEXT [--out focus.png] [--focus NAME]
     lrs-plugin flops --model-config CONFIG.json --vision-tokens N [--convention paper|full] [--json]
 
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_flops(sub)
     _add_visualize(sub)
+    from lrs_plugin.leaderboard import add_cli as _add_leaderboard
+
+    _add_leaderboard(sub)
     return parser
 
 
@@ -195,10 +199,23 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, small=args.small)
 
 
+def _leaderboard(args: argparse.Namespace) -> int:
+    from lrs_plugin.leaderboard import run_cli
+
+    return run_cli(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lrs-plugin`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     args = build_parser().parse_args(argv)
-    handlers = {"fetch": _fetch, "score": _score, "demo": _demo, "flops": _flops, "visualize": _visualize}
+    handlers = {
+        "fetch": _fetch,
+        "score": _score,
+        "demo": _demo,
+        "flops": _flops,
+        "visualize": _visualize,
+        "leaderboard": _leaderboard,
+    }
     try:
         return handlers[args.command](args)
     except LrsPluginError as exc:
