@@ -8,7 +8,9 @@ lmms-eval hands values over as ``bool`` / ``int`` / ``float`` / ``str`` (``None`
 * method: ``reducer`` (default ``c2f``), ``focus`` (C2F's scorer, default ``auto``), ``focus_<knob>`` (a scorer knob,
   e.g. ``focus_layer=2``), ``image_cache``; every other key is an option of the reducer (e.g. ``keep_ratio=0.25``);
 * harness: ``batch_size`` / ``max_batch_size`` (requests are answered one at a time; only 1 is accepted),
-  ``max_new_tokens`` (overrides the task's value, for quick runs).
+  ``max_new_tokens`` (overrides the task's value, for quick runs);
+* resume (:mod:`lrs_plugin.resume`): ``resume_dir`` (folder where each finished answer is saved at once, so a killed
+  run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir`` set).
 """
 
 from __future__ import annotations
@@ -53,14 +55,21 @@ class ModelSettings:
     max_new_tokens: int | None = None
     # Options of the reducer (validated by the reducer).
     reducer_options: Mapping[str, Any] = field(default_factory=dict)
+    # Folder of the crash-safe answer store (lrs_plugin.resume); None: answers are not saved.
+    resume_dir: str | None = None
+    # False ignores resume_dir (neither reads nor writes the store).
+    resume: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.pretrained, str) or not self.pretrained:
             raise ConfigError("c2f_llava needs pretrained=<checkpoint folder or Hub id>")
         if not isinstance(self.reducer, str):
             raise ConfigError(f"reducer must be a name; got {self.reducer!r}")
-        if not isinstance(self.trust_remote_code, bool):
-            raise ConfigError(f"trust_remote_code must be true or false; got {self.trust_remote_code!r}")
+        for name in ("trust_remote_code", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        if self.resume_dir is not None and (not isinstance(self.resume_dir, str) or not self.resume_dir.strip()):
+            raise ConfigError(f"resume_dir must be a folder path or None; got {self.resume_dir!r}")
         for name in ("tile_batch_size",):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -72,6 +81,7 @@ class ModelSettings:
 
 
 _BACKBONE_KEYS = ("dtype", "device", "device_map", "attn_implementation", "trust_remote_code", "tile_batch_size")
+_RESUME_KEYS = ("resume_dir", "resume")
 
 
 def _as_int(name: str, value: Any) -> Any:
@@ -101,9 +111,11 @@ def parse_model_args(kwargs: Mapping[str, Any]) -> ModelSettings:
         raise ConfigError("c2f_llava needs pretrained=<checkpoint folder or Hub id>")
     settings: dict[str, Any] = {"pretrained": str(args.pop("pretrained"))}
     settings["reducer"] = str(args.pop("reducer", "c2f"))
-    for key in _BACKBONE_KEYS:
+    for key in _BACKBONE_KEYS + _RESUME_KEYS:
         if key in args:
             settings[key] = args.pop(key)
+    if settings.get("resume_dir") is not None:
+        settings["resume_dir"] = str(settings["resume_dir"])
     for key in ("tile_batch_size", "max_new_tokens"):
         if key in args:
             settings[key] = _as_int(key, args.pop(key))
