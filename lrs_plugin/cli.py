@@ -61,6 +61,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_flops(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flops", help="analytic TFLOPs: the paper's efficiency table, or one setting of a model")
     p.add_argument("--paper-table", action="store_true", help="every row of the paper's efficiency table")
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=None,
+        help="a row of the paper's efficiency table (repeatable), e.g. "
+        "'anyres-p144 w/ FastV'; with --model-config, evaluated with that model's dimensions (28 layers)",
+    )
     p.add_argument("--model-config", type=Path, default=None, help="config.json (or folder) of a LLaVA checkpoint")
     p.add_argument("--vision-tokens", type=int, default=None, help="vision tokens sent to the LLM")
     p.add_argument("--text-tokens", type=int, default=0, help="text tokens of the prompt (full convention)")
@@ -147,8 +154,9 @@ def _score(args: argparse.Namespace) -> int:
 def _flops(args: argparse.Namespace) -> int:
     from lrs_plugin import flops
 
-    if args.paper_table:
-        rows = flops.paper_table()
+    if args.paper_table or args.setting:
+        dims = flops.load_config_dims(args.model_config)[0] if args.model_config else flops.QWEN2_7B
+        rows = flops.paper_table(args.setting, dims)
         if args.json:
             keys = ("setting", "tflops", "paper_tflops")
             print(json.dumps([{k: row[k] for k in keys} for row in rows]))

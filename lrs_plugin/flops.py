@@ -449,7 +449,7 @@ PAPER_SETTINGS: tuple[_PaperSetting, ...] = (
 )
 
 
-def paper_table(rows: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def paper_table(rows: Sequence[str] | None = None, dims: LMDims = QWEN2_7B) -> list[dict[str, Any]]:
     """Paper-convention TFLOPs (Qwen2-7B, :data:`QWEN2_7B`) of the efficiency table's rows next to the paper's.
 
     Every row is reproduced to 0.01 by the schedule in its ``note`` (see :data:`PAPER_SETTINGS`); ``tflops`` would
@@ -457,6 +457,8 @@ def paper_table(rows: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     Args:
         rows: setting names (all rows when ``None``), exactly as in the paper's table.
+        dims: The language model (default the paper's Qwen2-7B). The rows' schedules are per layer of a 28-layer
+            model, so another model must have 28 layers too (e.g. another width).
 
     Returns:
         One dict per row with ``setting``, ``tflops``, ``paper_tflops``, ``vis_tokens_total``,
@@ -466,6 +468,8 @@ def paper_table(rows: Sequence[str] | None = None) -> list[dict[str, Any]]:
         ConfigError: an unknown setting name (the message lists the valid ones).
     """
     by_name = {s.setting: s for s in PAPER_SETTINGS}
+    if dims.num_layers != _L:
+        raise ConfigError(f"the paper's settings are schedules over {_L} LLM layers; this model has {dims.num_layers}")
     names = list(by_name) if rows is None else list(rows)
     unknown = [name for name in names if name not in by_name]
     if unknown:
@@ -473,9 +477,9 @@ def paper_table(rows: Sequence[str] | None = None) -> list[dict[str, Any]]:
     table = []
     for s in (by_name[name] for name in names):
         if s.rfm_passes:
-            tflops = paper_c2f_tflops(s.rfm_passes, s.rfm_layers, s.llm, QWEN2_7B)
+            tflops = paper_c2f_tflops(s.rfm_passes, s.rfm_layers, s.llm, dims)
         else:
-            tflops = paper_llm_tflops(s.llm, QWEN2_7B)
+            tflops = paper_llm_tflops(s.llm, dims)
         table.append(
             {
                 "setting": s.setting,

@@ -100,3 +100,30 @@ def test_demo_small_end_to_end(tmp_path):
     proc = _cli("demo", "--small", "--out", str(tmp_path / "demo"), env=env)
     assert "AA (mean of categories)" in proc.stdout and "meaningless" in proc.stdout
     assert list((tmp_path / "demo" / "results").rglob("*_results.json"))
+
+
+def test_flops_setting_with_a_model_config(tmp_path):
+    from transformers import LlavaNextConfig, Qwen2Config
+
+    text = Qwen2Config(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+    )
+    LlavaNextConfig(text_config=text.to_dict()).save_pretrained(tmp_path)
+    out = _cli("flops", "--model-config", str(tmp_path / "config.json"), "--setting", "anyres-p144 w/ PDrop").stdout
+    assert "101.62" in out
+    small = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
+    LlavaNextConfig(text_config=small.to_dict()).save_pretrained(tmp_path / "small")
+    proc = _cli("flops", "--model-config", str(tmp_path / "small"), "--setting", "anyres-p144", check=False)
+    assert proc.returncode == 2 and "28 LLM layers" in proc.stderr
