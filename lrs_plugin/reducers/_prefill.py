@@ -403,23 +403,13 @@ class InLLMReducer:
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
-        self._last: tuple[str, torch.Tensor, int] | None = None  # (path, vision tokens [N, C], tiles)
+        from lrs_plugin.reducers.none import PlainVision
+
+        self.vision = PlainVision(backbone)
 
     def schedule(self, num_image: int) -> tuple[list[DropStage], dict[str, Any]]:
         """Drop stages for ``num_image`` image tokens, and the method's knob values to record in the stats."""
         raise NotImplementedError
-
-    def _vision(self, image_path: str) -> tuple[torch.Tensor, int]:
-        if self._last is None or self._last[0] != image_path:
-            from lrs_plugin.imagery import open_lazy
-            from lrs_plugin.reducers.none import _num_tiles
-
-            self._last = None
-            with open_lazy(image_path) as lazy:
-                image = lazy.convert("RGB")
-            vision = self.backbone.plain_vision_embeds(image)
-            self._last = (image_path, vision, _num_tiles(self.backbone, image.size))
-        return self._last[1], self._last[2]
 
     def answer(
         self,
@@ -431,7 +421,7 @@ class InLLMReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer one question, dropping image tokens inside the LLM."""
-        vision, tiles = self._vision(image_path)
+        vision, tiles = self.vision.get(image_path)
         prefix, suffix = self.backbone.split_prompt(question)
         embeds, span = self.backbone.assemble(prefix, vision, suffix)
         stages, knobs = self.schedule(span.stop - span.start)
@@ -461,4 +451,4 @@ class InLLMReducer:
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""
-        self._last = None
+        self.vision.clear()

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from lrs_plugin.backbone import Backbone
 
-__all__ = ["PlainReducer"]
+__all__ = ["PlainReducer", "PlainVision"]
 
 
 def _num_tiles(backbone: Backbone, image_wh: tuple[int, int]) -> int:
@@ -29,6 +29,34 @@ def _num_tiles(backbone: Backbone, image_wh: tuple[int, int]) -> int:
             patch_size=backbone.tile_size,
         )
     )
+
+
+class PlainVision:
+    """The stock vision tokens of the last image asked about (questions come grouped by image).
+
+    Args:
+        backbone: The loaded backbone.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self._last: tuple[str, torch.Tensor, int] | None = None  # (path, vision tokens [N, C], tiles)
+
+    def get(self, image_path: str) -> tuple[torch.Tensor, int]:
+        """``(vision tokens [N, C], tiles encoded)`` of the image, decoded and encoded once per image."""
+        if self._last is None or self._last[0] != image_path:
+            from lrs_plugin.imagery import open_lazy
+
+            self._last = None  # release the previous image's tokens before decoding the next one
+            with open_lazy(image_path) as lazy:
+                image = lazy.convert("RGB")
+            vision = self.backbone.plain_vision_embeds(image)
+            self._last = (image_path, vision, _num_tiles(self.backbone, image.size))
+        return self._last[1], self._last[2]
+
+    def clear(self) -> None:
+        """Forget the last image's tokens."""
+        self._last = None
 
 
 @register_reducer("none", stage="pre_llm")
@@ -47,18 +75,7 @@ class PlainReducer:
         if options:
             raise ConfigError(f"reducer 'none' takes no options; got {sorted(options)}")
         self.backbone = backbone
-        self._last: tuple[str, torch.Tensor, int] | None = None  # (path, vision tokens [N, C], tiles)
-
-    def _vision(self, image_path: str) -> tuple[torch.Tensor, int]:
-        if self._last is None or self._last[0] != image_path:
-            from lrs_plugin.imagery import open_lazy
-
-            self._last = None  # release the previous image's tokens before decoding the next one
-            with open_lazy(image_path) as lazy:
-                image = lazy.convert("RGB")
-            vision = self.backbone.plain_vision_embeds(image)
-            self._last = (image_path, vision, _num_tiles(self.backbone, image.size))
-        return self._last[1], self._last[2]
+        self.vision = PlainVision(backbone)
 
     def answer(
         self,
@@ -70,7 +87,7 @@ class PlainReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer with the plain backbone."""
-        vision, tiles = self._vision(image_path)
+        vision, tiles = self.vision.get(image_path)
         prefix, suffix = self.backbone.split_prompt(question)
         embeds, _ = self.backbone.assemble(prefix, vision, suffix)
         out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
@@ -86,4 +103,4 @@ class PlainReducer:
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""
-        self._last = None
+        self.vision.clear()
