@@ -106,7 +106,7 @@ def register_reducer(name: str, *, stage: str) -> Callable[[Callable[..., Reduce
 
 
 def _load_builtins() -> None:
-    from lrs_plugin.reducers import c2f, fastv, none, pdrop  # noqa: F401  (registration side effect)
+    from lrs_plugin.reducers import c2f, downsample, fastv, none, pdrop, random  # noqa: F401  (registration side effect)
 
 
 def available_reducers() -> list[str]:
