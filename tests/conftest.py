@@ -37,3 +37,17 @@ def mme_rs_root(tmp_path_factory) -> Path:
     write_mme_parquet(shards, seed=0)
     root = tmp_path_factory.mktemp("mme_root")
     return mme_realworld_rs.fetch(root, source_dir=shards, expected_rows=None, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory):
+    """Tiny random LLaVA-1.5 (Llama) and LLaVA-NeXT (Qwen2) backbones, float32, built once per test session."""
+    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.tiny import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("tiny_backbones")
+    variants = [("llava", "llama"), ("llava_next", "qwen2")]
+    return {
+        v: Backbone.from_pretrained(build_tiny_llava(root / f"{v[0]}_{v[1]}", arch=v[0], lm=v[1]), dtype="float32")
+        for v in variants
+    }

@@ -11,7 +11,6 @@ from PIL import Image
 
 from lrs_plugin.backbone import Backbone
 from lrs_plugin.reducers import available_reducers, build_reducer, reducer_spec
-from lrs_plugin.tiny import build_tiny_llava
 
 VARIANTS = [("llava", "llama"), ("llava_next", "qwen2")]
 BUDGET = 20
@@ -31,12 +30,8 @@ TABLE: dict[str, tuple[dict[str, Any] | None, dict[str, Any]]] = {
 
 
 @pytest.fixture(scope="module")
-def backbones(tmp_path_factory) -> dict[tuple[str, str], Backbone]:
-    root = tmp_path_factory.mktemp("tiny_contract")
-    return {
-        v: Backbone.from_pretrained(build_tiny_llava(root / f"{v[0]}_{v[1]}", arch=v[0], lm=v[1]), dtype="float32")
-        for v in VARIANTS
-    }
+def backbones(tiny_backbones) -> dict[tuple[str, str], Backbone]:
+    return {v: tiny_backbones[v] for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")

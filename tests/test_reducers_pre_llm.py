@@ -14,18 +14,13 @@ from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import build_reducer
 from lrs_plugin.reducers.downsample import downsampled_size
 from lrs_plugin.reducers.random import RandomConfig, random_keep
-from lrs_plugin.tiny import build_tiny_llava
 
 VARIANTS = [("llava", "llama"), ("llava_next", "qwen2")]
 
 
 @pytest.fixture(scope="module")
-def backbones(tmp_path_factory) -> dict[tuple[str, str], Backbone]:
-    root = tmp_path_factory.mktemp("tiny_pre")
-    return {
-        v: Backbone.from_pretrained(build_tiny_llava(root / f"{v[0]}_{v[1]}", arch=v[0], lm=v[1]), dtype="float32")
-        for v in VARIANTS
-    }
+def backbones(tiny_backbones) -> dict[tuple[str, str], Backbone]:
+    return {v: tiny_backbones[v] for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")

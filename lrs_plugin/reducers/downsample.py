@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
-from lrs_plugin.reducers.none import _num_tiles
+from lrs_plugin.reducers.none import PlainVision, answer_plain
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -57,22 +57,14 @@ class DownsampleReducer:
         mp = options.get("max_pixels")
         self.config = DownsampleConfig(max_pixels=None if mp in (None, "None", "") else int(mp))
         self.backbone = backbone
-        self._last: tuple[str, Any, int] | None = None
+        self.vision = PlainVision(backbone, prepare=self._shrink)
 
-    def _vision(self, image_path: str) -> tuple[Any, int]:
-        if self._last is None or self._last[0] != image_path:
-            from PIL import Image as PILImage
+    def _shrink(self, image: Image.Image) -> Image.Image:
+        """The image resized (bicubic) to at most ``max_pixels`` pixels; unchanged when already small enough."""
+        from PIL import Image as PILImage
 
-            from lrs_plugin.imagery import open_lazy
-
-            self._last = None
-            with open_lazy(image_path) as lazy:
-                image: Image.Image = lazy.convert("RGB")
-            size = downsampled_size(*image.size, self.config.max_pixels)
-            if size != image.size:
-                image = image.resize(size, PILImage.Resampling.BICUBIC)
-            self._last = (image_path, self.backbone.plain_vision_embeds(image), _num_tiles(self.backbone, image.size))
-        return self._last[1], self._last[2]
+        size = downsampled_size(*image.size, self.config.max_pixels)
+        return image if size == image.size else image.resize(size, PILImage.Resampling.BICUBIC)
 
     def answer(
         self,
@@ -84,20 +76,11 @@ class DownsampleReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer with the stock model on the downsampled image."""
-        vision, tiles = self._vision(image_path)
-        prefix, suffix = self.backbone.split_prompt(question)
-        embeds, _ = self.backbone.assemble(prefix, vision, suffix)
-        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
-        stats = {
-            "tiles_encoded": tiles,
-            "vision_tokens_encoded": tiles * self.backbone.tokens_per_tile,
-            "vision_tokens_to_llm": int(vision.shape[0]),
-            "llm_input_len": int(embeds.shape[1]),
-            "new_tokens": out.num_new_tokens,
-            "focus_passes": [],
-        }
-        return ReducerOutput(text=out.text, stats=stats)
+        vision, tiles = self.vision.get(image_path)
+        return answer_plain(
+            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
+        )
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""
-        self._last = None
+        self.vision.clear()

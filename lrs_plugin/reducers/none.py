@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
@@ -10,10 +10,11 @@ from lrs_plugin.reducers import ReducerOutput, register_reducer
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
     from lrs_plugin.backbone import Backbone
 
-__all__ = ["PlainReducer", "PlainVision"]
+__all__ = ["PlainReducer", "PlainVision", "answer_plain"]
 
 
 def _num_tiles(backbone: Backbone, image_wh: tuple[int, int]) -> int:
@@ -36,10 +37,13 @@ class PlainVision:
 
     Args:
         backbone: The loaded backbone.
+        prepare: Applied to the decoded RGB image before the stock processor (e.g. a downsampling); ``None`` keeps
+            the image as it is.
     """
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, prepare: Callable[[Image.Image], Image.Image] | None = None) -> None:
         self.backbone = backbone
+        self.prepare = prepare
         self._last: tuple[str, torch.Tensor, int] | None = None  # (path, vision tokens [N, C], tiles)
 
     def get(self, image_path: str) -> tuple[torch.Tensor, int]:
@@ -50,6 +54,8 @@ class PlainVision:
             self._last = None  # release the previous image's tokens before decoding the next one
             with open_lazy(image_path) as lazy:
                 image = lazy.convert("RGB")
+            if self.prepare is not None:
+                image = self.prepare(image)
             vision = self.backbone.plain_vision_embeds(image)
             self._last = (image_path, vision, _num_tiles(self.backbone, image.size))
         return self._last[1], self._last[2]
@@ -57,6 +63,33 @@ class PlainVision:
     def clear(self) -> None:
         """Forget the last image's tokens."""
         self._last = None
+
+
+def answer_plain(
+    backbone: Backbone,
+    vision: torch.Tensor,
+    tiles: int,
+    question: str,
+    *,
+    max_new_tokens: int,
+    stop_strings: list[str] | None = None,
+) -> ReducerOutput:
+    """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and report the standard stats.
+
+    Shared by every reducer that shortens the vision sequence before the LLM.
+    """
+    prefix, suffix = backbone.split_prompt(question)
+    embeds, _ = backbone.assemble(prefix, vision, suffix)
+    out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+    stats = {
+        "tiles_encoded": tiles,
+        "vision_tokens_encoded": tiles * backbone.tokens_per_tile,
+        "vision_tokens_to_llm": int(vision.shape[0]),
+        "llm_input_len": int(embeds.shape[1]),
+        "new_tokens": out.num_new_tokens,
+        "focus_passes": [],
+    }
+    return ReducerOutput(text=out.text, stats=stats)
 
 
 @register_reducer("none", stage="pre_llm")
@@ -88,18 +121,9 @@ class PlainReducer:
     ) -> ReducerOutput:
         """Answer with the plain backbone."""
         vision, tiles = self.vision.get(image_path)
-        prefix, suffix = self.backbone.split_prompt(question)
-        embeds, _ = self.backbone.assemble(prefix, vision, suffix)
-        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
-        stats = {
-            "tiles_encoded": tiles,
-            "vision_tokens_encoded": tiles * self.backbone.tokens_per_tile,
-            "vision_tokens_to_llm": int(vision.shape[0]),
-            "llm_input_len": int(embeds.shape[1]),
-            "new_tokens": out.num_new_tokens,
-            "focus_passes": [],
-        }
-        return ReducerOutput(text=out.text, stats=stats)
+        return answer_plain(
+            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
+        )
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""

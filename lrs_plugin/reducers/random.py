@@ -10,7 +10,7 @@ import torch
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
-from lrs_plugin.reducers.none import PlainVision
+from lrs_plugin.reducers.none import PlainVision, answer_plain
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -92,18 +92,9 @@ class RandomReducer:
         if self.config.budget is not None:
             gen = torch.Generator().manual_seed(self.config.seed)
             vision, _ = random_keep(vision, is_fixed, self.config.budget, generator=gen)
-        prefix, suffix = self.backbone.split_prompt(question)
-        embeds, _ = self.backbone.assemble(prefix, vision, suffix)
-        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
-        stats = {
-            "tiles_encoded": tiles,
-            "vision_tokens_encoded": tiles * self.backbone.tokens_per_tile,
-            "vision_tokens_to_llm": int(vision.shape[0]),
-            "llm_input_len": int(embeds.shape[1]),
-            "new_tokens": out.num_new_tokens,
-            "focus_passes": [],
-        }
-        return ReducerOutput(text=out.text, stats=stats)
+        return answer_plain(
+            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
+        )
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""
