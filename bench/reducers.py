@@ -21,7 +21,7 @@ from PIL import Image
 
 from lrs_plugin.accounting import ModelDims, sample_tflops
 from lrs_plugin.backbone import Backbone
-from lrs_plugin.reducers import available_reducers, build_reducer
+from lrs_plugin.reducers import available_reducers, build_reducer, reducer_spec
 from lrs_plugin.tiny import build_tiny_llava
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -31,6 +31,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "fastv": {},
     "pdrop": {},
     "c2f": {"focus_options": {"layer": 1}},
+    "visionzip": {"dominant": 3, "contextual": 1},  # 4 of 16 tokens per tile (the README's 64 of 576 is 1/9)
+    "anyres": {"max_tiles": 1},  # anyres-p1: the base image + one grid tile (LLaVA-NeXT only)
 }
 
 
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                 path = _image(root / f"{size}.png", w, h)
                 rows: dict[str, tuple[dict[str, Any], float, float]] = {}
                 for name in available_reducers():
+                    if arch not in reducer_spec(name).archs:
+                        continue
                     reducer = build_reducer(name, bb, dict(OPTIONS.get(name, {})))
                     out = reducer.answer(path, "What is it?", doc={}, max_new_tokens=4)  # warm-up (decodes image)
                     times = []

@@ -48,7 +48,8 @@ def sample_tflops(stats: Mapping[str, Any], dims: ModelDims) -> dict[str, float]
     Args:
         stats: A reducer's stats: ``tiles_encoded``, ``vision_tokens_encoded``, ``llm_input_len`` (or
             ``llm_tokens_per_layer`` for in-LLM reducers), ``new_tokens`` and ``focus_passes`` (each
-            ``{"seq_len", "decoder_layers"}``; a scorer with 0 decoder layers costs nothing here).
+            ``{"seq_len", "decoder_layers"}``; a scorer with 0 decoder layers costs nothing here); optional
+            ``projector_tokens`` when a reducer projects fewer tokens than it encoded (VisionZip).
         dims: The backbone's dimensions.
 
     Returns:
@@ -60,7 +61,9 @@ def sample_tflops(stats: Mapping[str, Any], dims: ModelDims) -> dict[str, float]
     )
     terms = {
         "vision_tower": flops.vision_tower_flops(int(stats["tiles_encoded"]), dims.vision, dims.vision_layers_used),
-        "projector": flops.projector_flops(int(stats["vision_tokens_encoded"]), dims.projector_in, lm.hidden),
+        "projector": flops.projector_flops(
+            int(stats.get("projector_tokens", stats["vision_tokens_encoded"])), dims.projector_in, lm.hidden
+        ),
         "focus": sum(
             flops.focus_flops(int(p["seq_len"]), lm, int(p["decoder_layers"]) + 1)
             for p in stats.get("focus_passes", ())

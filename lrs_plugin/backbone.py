@@ -388,7 +388,42 @@ class Backbone:
         grid = features.reshape(n, g, g, c).permute(0, 3, 1, 2)
         return F.avg_pool2d(grid, kernel_size=2).permute(0, 2, 3, 1).reshape(n, (g // 2) ** 2, c)
 
-    def plain_vision_embeds(self, image: Image.Image) -> torch.Tensor:
+    def image_crops(
+        self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """The processor's own tiles of ``image``, before the vision tower.
+
+        Args:
+            image: An RGB PIL image.
+            grid_pinpoints: LLaVA-NeXT only: anyres resolutions ``[[h, w], ...]`` to use instead of the checkpoint's
+                (passed to this call of the image processor; nothing shared is changed). ``None`` keeps the
+                checkpoint's.
+
+        Returns:
+            ``(pixel_values [n, 3, S, S], grid)`` on the CPU: LLaVA-1.5 gives one tile and ``grid=None``; LLaVA-NeXT
+            gives the base image then the ``rows x cols`` grid tiles in raster order, ``grid=(rows, cols)``.
+
+        Raises:
+            ConfigError: ``grid_pinpoints`` given for a LLaVA-1.5 checkpoint.
+
+        """
+        from lrs_plugin._anyres import grid_shape
+
+        if grid_pinpoints is not None and self.arch != "llava_next":
+            raise ConfigError(f"grid_pinpoints need a LLaVA-NeXT checkpoint; this one is {self.arch!r}")
+        kwargs: dict[str, Any] = {}
+        if grid_pinpoints is not None:
+            kwargs["image_grid_pinpoints"] = [[int(h), int(w)] for h, w in grid_pinpoints]
+        out = self.processor.image_processor(images=[image], return_tensors="pt", **kwargs)
+        s = self.tile_size
+        pixel_values = out["pixel_values"].reshape(-1, 3, s, s)
+        if self.arch != "llava_next":
+            return pixel_values, None
+        pinpoints = grid_pinpoints if grid_pinpoints is not None else self.config.image_grid_pinpoints
+        rows, cols = grid_shape((image.height, image.width), pinpoints, s)
+        return pixel_values[: 1 + rows * cols], (rows, cols)
+
+    def plain_vision_embeds(self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None) -> torch.Tensor:
         """Return the vision tokens the stock model inserts for ``image`` (processor + ``get_image_features``).
 
         For LLaVA-NeXT this includes the anyres tiles, unpadding and ``image_newline`` tokens, all done by
@@ -396,13 +431,30 @@ class Backbone:
 
         Args:
             image: An RGB PIL image.
+            grid_pinpoints: LLaVA-NeXT only: anyres resolutions ``[[h, w], ...]`` to use instead of the checkpoint's
+                (e.g. from :func:`lrs_plugin._anyres.anyres_pinpoints`). The tiles then come from
+                :meth:`image_crops` and :meth:`encode_tiles` and are laid out by
+                :func:`lrs_plugin._anyres.pack_anyres`, the same layout as the stock path; neither the model config
+                nor the processor is changed. ``None`` runs the stock path itself.
 
         Returns:
             ``[N, C]`` in the embedding dtype, on the model device.
 
+        Raises:
+            ConfigError: ``grid_pinpoints`` given for a LLaVA-1.5 checkpoint.
+
         """
         import torch
 
+        if grid_pinpoints is not None:
+            from lrs_plugin._anyres import pack_anyres
+
+            pixel_values, grid = self.image_crops(image, grid_pinpoints)  # refuses LLaVA-1.5
+            assert grid is not None  # LLaVA-NeXT always has a grid
+            tiles = self.encode_tiles(pixel_values)
+            with torch.no_grad():  # image_newline is a parameter: no autograd graph
+                packed = pack_anyres(tiles[0], tiles[1:], grid, (image.height, image.width), self.image_newline)
+            return packed.to(self.device, self.language_model.get_input_embeddings().weight.dtype)
         inputs = self.processor(images=[image], text=[IMAGE_TOKEN], return_tensors="pt")
         kwargs = {"pixel_values": inputs["pixel_values"].to(self.device, self.dtype)}
         if "image_sizes" in inputs:

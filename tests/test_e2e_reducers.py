@@ -19,7 +19,8 @@ OPTIONS = {
     "pdrop": "",
     "random": "",
     "downsample": "",
-    "visionzip": "",
+    "visionzip": "dominant=4,contextual=2",
+    "anyres": "max_tiles=1",
 }
 SUBTASKS = ("lrs_vqa_fair", "lrs_vqa_bridge", "lrs_vqa_star")
 

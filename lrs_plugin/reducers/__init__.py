@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
 
 __all__ = [
+    "ARCHS",
     "STAGES",
     "ReducerOutput",
     "Reducer",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 STAGES = ("pre_llm", "pyramid", "in_llm")
+ARCHS = ("llava", "llava_next")
+"""Backbone architectures (``config.model_type``) a reducer may declare it supports."""
 
 
 @dataclass
@@ -77,36 +80,57 @@ class Reducer(Protocol):
 
 @dataclass(frozen=True)
 class ReducerSpec:
-    """A registered reducer: its name, stage and factory ``factory(backbone, **options) -> Reducer``."""
+    """A registered reducer: its name, stage, supported architectures and ``factory(backbone, **options)``."""
 
     name: str
     stage: str
     factory: Callable[..., Reducer]
+    archs: tuple[str, ...] = ARCHS
 
 
 _REGISTRY: dict[str, ReducerSpec] = {}
 
 
-def register_reducer(name: str, *, stage: str) -> Callable[[Callable[..., Reducer]], Callable[..., Reducer]]:
+def register_reducer(
+    name: str, *, stage: str, archs: tuple[str, ...] = ARCHS
+) -> Callable[[Callable[..., Reducer]], Callable[..., Reducer]]:
     """Class / factory decorator adding a reducer to the registry.
 
+    Args:
+        name: What users type in ``--model_args reducer=NAME``.
+        stage: One of :data:`STAGES`.
+        archs: Backbone architectures the method is defined for (e.g. anyres tile limits need LLaVA-NeXT);
+            :func:`build_reducer` refuses the others.
+
     Raises:
-        ConfigError: the name is taken or the stage is unknown.
+        ConfigError: the name is taken, or the stage or an architecture is unknown.
     """
     if stage not in STAGES:
         raise ConfigError(f"reducer {name!r}: unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    bad = [a for a in archs if a not in ARCHS]
+    if not archs or bad:
+        raise ConfigError(f"reducer {name!r}: architectures {list(archs)!r} invalid; valid: {', '.join(ARCHS)}")
 
     def decorator(factory: Callable[..., Reducer]) -> Callable[..., Reducer]:
         if name in _REGISTRY:
             raise ConfigError(f"reducer name {name!r} is already registered by {_REGISTRY[name].factory!r}")
-        _REGISTRY[name] = ReducerSpec(name=name, stage=stage, factory=factory)
+        _REGISTRY[name] = ReducerSpec(name=name, stage=stage, factory=factory, archs=tuple(archs))
         return factory
 
     return decorator
 
 
 def _load_builtins() -> None:
-    from lrs_plugin.reducers import c2f, downsample, fastv, none, pdrop, random  # noqa: F401  (registration side effect)
+    from lrs_plugin.reducers import (  # noqa: F401  (registration side effect)
+        anyres,
+        c2f,
+        downsample,
+        fastv,
+        none,
+        pdrop,
+        random,
+        visionzip,
+    )
 
 
 def available_reducers() -> list[str]:
@@ -128,5 +152,15 @@ def reducer_spec(name: str) -> ReducerSpec:
 
 
 def build_reducer(name: str, backbone: Backbone, options: Mapping[str, Any] | None = None) -> Reducer:
-    """Build the reducer ``name`` on ``backbone`` with its ``options`` (validated by the reducer's config)."""
-    return reducer_spec(name).factory(backbone, **dict(options or {}))
+    """Build the reducer ``name`` on ``backbone`` with its ``options`` (validated by the reducer's config).
+
+    Raises:
+        ConfigError: unknown name, bad options, or a backbone architecture the reducer is not defined for.
+    """
+    spec = reducer_spec(name)
+    if backbone.arch not in spec.archs:
+        raise ConfigError(
+            f"reducer {name!r} needs a backbone of architecture {' or '.join(spec.archs)}; "
+            f"this checkpoint is {backbone.arch!r}"
+        )
+    return spec.factory(backbone, **dict(options or {}))

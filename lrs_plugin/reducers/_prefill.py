@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from lrs_plugin.backbone import Backbone, GenerationOutput
+    from lrs_plugin.reducers._tiles import TileLimit
 
 __all__ = [
     "POSITION_MODES",
@@ -401,11 +402,13 @@ class InLLMReducer:
     stage = "in_llm"
     positions: str = "original"
 
-    def __init__(self, backbone: Backbone) -> None:
-        self.backbone = backbone
+    def __init__(self, backbone: Backbone, tiles: TileLimit | None = None) -> None:
+        from lrs_plugin.reducers._tiles import TileLimit
         from lrs_plugin.reducers.none import PlainVision
 
-        self.vision = PlainVision(backbone)
+        self.backbone = backbone
+        self.tiles = tiles if tiles is not None else TileLimit(reducer=self.name)
+        self.vision = PlainVision(backbone, grid_pinpoints=self.tiles.grid_pinpoints(backbone))
 
     def schedule(self, num_image: int) -> tuple[list[DropStage], dict[str, Any]]:
         """Drop stages for ``num_image`` image tokens, and the method's knob values to record in the stats."""
@@ -447,6 +450,8 @@ class InLLMReducer:
             "position_ids": self.positions,
             **knobs,
         }
+        if self.tiles.max_tiles is not None:
+            stats["max_tiles"] = self.tiles.max_tiles
         return ReducerOutput(text=out.text, stats=stats)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers._tiles import take_options
 from lrs_plugin.reducers.none import PlainVision, answer_plain
 
 if TYPE_CHECKING:
@@ -49,15 +50,11 @@ class DownsampleReducer:
     stage = "pre_llm"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        known = {"max_pixels"}
-        if set(options) - known:
-            raise ConfigError(
-                f"reducer 'downsample' got unknown options {sorted(set(options) - known)}; valid: {sorted(known)}"
-            )
+        self.tiles, options = take_options(options, "downsample", ("max_pixels",))
         mp = options.get("max_pixels")
         self.config = DownsampleConfig(max_pixels=None if mp in (None, "None", "") else int(mp))
         self.backbone = backbone
-        self.vision = PlainVision(backbone, prepare=self._shrink)
+        self.vision = PlainVision(backbone, prepare=self._shrink, grid_pinpoints=self.tiles.grid_pinpoints(backbone))
 
     def _shrink(self, image: Image.Image) -> Image.Image:
         """The image resized (bicubic) to at most ``max_pixels`` pixels; unchanged when already small enough."""
@@ -77,9 +74,12 @@ class DownsampleReducer:
     ) -> ReducerOutput:
         """Answer with the stock model on the downsampled image."""
         vision, tiles = self.vision.get(image_path)
-        return answer_plain(
+        out = answer_plain(
             self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
         )
+        if self.tiles.max_tiles is not None:
+            out.stats["max_tiles"] = self.tiles.max_tiles
+        return out
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""

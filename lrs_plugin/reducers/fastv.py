@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import register_reducer
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
+from lrs_plugin.reducers._tiles import take_options
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -105,13 +106,10 @@ class FastVReducer(InLLMReducer):
     positions = "original"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        valid = [f.name for f in fields(FastVConfig)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ConfigError(f"reducer 'fastv' has no option(s) {unknown}; valid: {', '.join(valid)}")
+        tiles, options = take_options(options, "fastv", [f.name for f in fields(FastVConfig)])
         if "k" in options:
             options["k"] = _as_int(options["k"])
-        super().__init__(backbone)
+        super().__init__(backbone, tiles=tiles)
         self.config = FastVConfig(**options)
         num_layers = backbone.num_layers
         self.k = self.config.k if self.config.k is not None else min(2, num_layers - 1)

@@ -17,16 +17,20 @@ if TYPE_CHECKING:
 __all__ = ["PlainReducer", "PlainVision", "answer_plain"]
 
 
-def _num_tiles(backbone: Backbone, image_wh: tuple[int, int]) -> int:
-    """Tiles the stock preprocessing feeds to the vision tower (1, or LLaVA-NeXT's anyres grid + base image)."""
+def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: list[list[int]] | None = None) -> int:
+    """Tiles the preprocessing feeds to the vision tower (1, or LLaVA-NeXT's anyres grid + base image).
+
+    ``grid_pinpoints`` (LLaVA-NeXT) replaces the checkpoint's anyres resolutions; ``None`` keeps them.
+    """
     if backbone.arch != "llava_next":
         return 1
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
+    pinpoints = backbone.config.image_grid_pinpoints if grid_pinpoints is None else grid_pinpoints
     return int(
         image_size_to_num_patches(
             image_size=(image_wh[1], image_wh[0]),
-            grid_pinpoints=backbone.config.image_grid_pinpoints,
+            grid_pinpoints=[[int(h), int(w)] for h, w in pinpoints],
             patch_size=backbone.tile_size,
         )
     )
@@ -39,11 +43,19 @@ class PlainVision:
         backbone: The loaded backbone.
         prepare: Applied to the decoded RGB image before the stock processor (e.g. a downsampling); ``None`` keeps
             the image as it is.
+        grid_pinpoints: LLaVA-NeXT anyres resolutions ``[[h, w], ...]`` used instead of the checkpoint's (see
+            :meth:`Backbone.plain_vision_embeds`); ``None`` runs the stock preprocessing.
     """
 
-    def __init__(self, backbone: Backbone, prepare: Callable[[Image.Image], Image.Image] | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        prepare: Callable[[Image.Image], Image.Image] | None = None,
+        grid_pinpoints: list[list[int]] | None = None,
+    ) -> None:
         self.backbone = backbone
         self.prepare = prepare
+        self.grid_pinpoints = None if grid_pinpoints is None else [[int(h), int(w)] for h, w in grid_pinpoints]
         self._last: tuple[str, torch.Tensor, int] | None = None  # (path, vision tokens [N, C], tiles)
 
     def get(self, image_path: str) -> tuple[torch.Tensor, int]:
@@ -56,8 +68,11 @@ class PlainVision:
                 image = lazy.convert("RGB")
             if self.prepare is not None:
                 image = self.prepare(image)
-            vision = self.backbone.plain_vision_embeds(image)
-            self._last = (image_path, vision, _num_tiles(self.backbone, image.size))
+            if self.grid_pinpoints is None:
+                vision = self.backbone.plain_vision_embeds(image)
+            else:
+                vision = self.backbone.plain_vision_embeds(image, grid_pinpoints=self.grid_pinpoints)
+            self._last = (image_path, vision, _num_tiles(self.backbone, image.size, self.grid_pinpoints))
         return self._last[1], self._last[2]
 
     def clear(self) -> None:

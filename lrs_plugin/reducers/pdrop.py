@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import register_reducer
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
+from lrs_plugin.reducers._tiles import take_options
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -150,13 +151,10 @@ class PDropReducer(InLLMReducer):
     positions = "renumber"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        valid = [f.name for f in fields(PDropConfig)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ConfigError(f"reducer 'pdrop' has no option(s) {unknown}; valid: {', '.join(valid)}")
+        tiles, options = take_options(options, "pdrop", [f.name for f in fields(PDropConfig)])
         if "layer_list" in options:
             options["layer_list"] = parse_layer_list(options["layer_list"])
-        super().__init__(backbone)
+        super().__init__(backbone, tiles=tiles)
         self.config = PDropConfig(**options)
         num_layers = backbone.num_layers
         if num_layers < 2:

@@ -1,4 +1,11 @@
-"""``random``: keep a seeded random subset of the plain vision tokens (a trivial baseline, baselines.md §7)."""
+"""``random``: keep a seeded random subset of the plain vision tokens (a trivial baseline, baselines.md §7).
+
+The budget is the number of vision tokens sent to the LLM, LLaVA-NeXT ``image_newline`` tokens included
+(docs/fairness.md). ``newlines="rankable"`` (default) draws from the whole vision span, newline tokens included, as
+FastV and PDrop treat LLaVA-NeXT's span; ``newlines="keep"`` keeps every newline token and draws the rest of the
+budget from the other tokens (at least one); when the newlines alone fill the budget it cannot be met and the stats
+say ``budget_met: False``.
+"""
 
 from __future__ import annotations
 
@@ -10,68 +17,95 @@ import torch
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers._tiles import take_options
 from lrs_plugin.reducers.none import PlainVision, answer_plain
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
 
-__all__ = ["RandomConfig", "RandomReducer", "random_keep"]
+__all__ = ["NEWLINE_MODES", "RandomConfig", "RandomReducer", "random_keep"]
+
+NEWLINE_MODES = ("rankable", "keep")
+"""How ``random`` treats LLaVA-NeXT ``image_newline`` tokens (module doc)."""
 
 
 @dataclass(frozen=True)
 class RandomConfig:
     """Knobs of the ``random`` reducer."""
 
-    budget: int | None = None  # vision tokens (non-newline) kept; None keeps all; >= 1
+    budget: int | None = None  # vision tokens sent to the LLM, newline tokens included; None keeps all; >= 1
     seed: int = 0  # seed of the per-call generator; >= 0
+    newlines: str = "rankable"  # "rankable": newlines are drawn like any token; "keep": always kept (and counted)
 
     def __post_init__(self) -> None:
         if self.budget is not None and (isinstance(self.budget, bool) or int(self.budget) < 1):
             raise ConfigError(f"random: budget must be an int >= 1 or None; got {self.budget!r}")
         if int(self.seed) < 0:
             raise ConfigError(f"random: seed must be an int >= 0; got {self.seed!r}")
+        if self.newlines not in NEWLINE_MODES:
+            raise ConfigError(
+                f"random: newlines must be one of {', '.join(repr(m) for m in NEWLINE_MODES)}; got {self.newlines!r}"
+            )
 
 
 def random_keep(
-    tokens: torch.Tensor, is_fixed: torch.Tensor, budget: int, *, generator: torch.Generator
+    tokens: torch.Tensor,
+    is_newline: torch.Tensor,
+    budget: int,
+    *,
+    generator: torch.Generator,
+    newlines: str = "rankable",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep ``budget`` random non-fixed tokens plus every fixed (newline) token, in their original order.
+    """Keep a random subset of ``budget`` tokens in total, newline tokens counted, in their original order.
 
     Args:
         tokens: Vision tokens ``[N, C]``.
-        is_fixed: Bool mask ``[N]`` of tokens always kept (``image_newline``).
-        budget: Non-fixed tokens to keep (clipped to the available count, at least 1).
+        is_newline: Bool mask ``[N]`` of the ``image_newline`` tokens (ignored when ``newlines="rankable"``).
+        budget: Tokens to keep in total, newline tokens included.
         generator: CPU generator that draws the subset.
+        newlines: ``"rankable"``: draw ``min(budget, N)`` tokens (at least 1) from all ``N``; ``"keep"``: keep every
+            newline token and draw ``budget - newlines`` of the others (at least 1, clipped to the available count),
+            so more than ``budget`` tokens are kept when the newlines alone reach it.
 
     Returns:
-        ``(kept [K, C], indices [K])`` with indices sorted ascending.
+        ``(kept [K, C], indices [K])`` with indices sorted ascending; ``K <= budget`` unless ``newlines="keep"``
+        and ``budget < newlines + 1``.
+
+    Raises:
+        ConfigError: unknown ``newlines`` mode.
     """
-    candidates = torch.nonzero(~is_fixed.cpu()).flatten()
-    k = max(1, min(int(budget), int(candidates.numel())))
+    if newlines not in NEWLINE_MODES:
+        raise ConfigError(f"random_keep: newlines must be one of {', '.join(NEWLINE_MODES)}; got {newlines!r}")
+    if newlines == "rankable":
+        candidates = torch.arange(tokens.shape[0])
+        fixed = candidates[:0]
+    else:
+        mask = is_newline.cpu().bool()
+        candidates = torch.nonzero(~mask).flatten()
+        fixed = torch.nonzero(mask).flatten()
+    k = min(max(1, int(budget) - int(fixed.numel())), int(candidates.numel()))
     pick = candidates[torch.randperm(candidates.numel(), generator=generator)[:k]]
-    idx = torch.cat([pick, torch.nonzero(is_fixed.cpu()).flatten()]).sort().values
+    idx = torch.cat([pick, fixed]).sort().values
     return tokens[idx.to(tokens.device)], idx
 
 
 @register_reducer("random", stage="pre_llm")
 class RandomReducer:
-    """Seeded random token dropping after the stock preprocessing; ``image_newline`` tokens are kept as is."""
+    """Seeded random token dropping after the stock preprocessing; the budget counts ``image_newline`` tokens."""
 
     name = "random"
     stage = "pre_llm"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        known = {"budget", "seed"}
-        if set(options) - known:
-            raise ConfigError(
-                f"reducer 'random' got unknown options {sorted(set(options) - known)}; valid: {sorted(known)}"
-            )
+        self.tiles, options = take_options(options, "random", ("budget", "seed", "newlines"))
         budget = options.get("budget")
         self.config = RandomConfig(
-            budget=None if budget in (None, "None", "") else int(budget), seed=int(options.get("seed", 0))
+            budget=None if budget in (None, "None", "") else int(budget),
+            seed=int(options.get("seed", 0)),
+            newlines=str(options.get("newlines", "rankable")),
         )
         self.backbone = backbone
-        self.vision = PlainVision(backbone)
+        self.vision = PlainVision(backbone, grid_pinpoints=self.tiles.grid_pinpoints(backbone))
 
     def answer(
         self,
@@ -84,17 +118,25 @@ class RandomReducer:
     ) -> ReducerOutput:
         """Answer with a random subset of the plain vision tokens."""
         vision, tiles = self.vision.get(image_path)
-        newline = self.backbone.image_newline
-        if newline is None:
-            is_fixed = torch.zeros(vision.shape[0], dtype=torch.bool)
-        else:
-            is_fixed = (vision == newline.to(vision.dtype)).all(dim=-1)
+        budget_met = True
         if self.config.budget is not None:
+            newline = self.backbone.image_newline
+            if newline is None:
+                is_newline = torch.zeros(vision.shape[0], dtype=torch.bool)
+            else:
+                is_newline = (vision == newline.to(vision.dtype)).all(dim=-1)
             gen = torch.Generator().manual_seed(self.config.seed)
-            vision, _ = random_keep(vision, is_fixed, self.config.budget, generator=gen)
-        return answer_plain(
+            vision, _ = random_keep(
+                vision, is_newline, self.config.budget, generator=gen, newlines=self.config.newlines
+            )
+            budget_met = int(vision.shape[0]) <= self.config.budget
+        out = answer_plain(
             self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
         )
+        out.stats["budget_met"] = budget_met
+        if self.tiles.max_tiles is not None:
+            out.stats["max_tiles"] = self.tiles.max_tiles
+        return out
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""
