@@ -11,6 +11,7 @@ Sub-commands::
     lrs-plugin leaderboard submit RESULTS.json [--replace] | validate [FILE] | render [--readme README.md]
     lrs-plugin visualize --pretrained DIR --image FILE --question TEXT [--out focus.png] [--focus NAME]
     lrs-plugin flops --model-config CONFIG.json --vision-tokens N [--convention paper|full] [--json]
+    lrs-plugin convert SOURCE OUT [--vision-tower PATH_OR_ID] [--dtype auto|float32|float16|bfloat16] [--overwrite]
 
 Errors of this plugin print one ``error:`` line and exit with status 2; anything else is a bug and keeps its
 traceback.
@@ -88,6 +89,19 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-zoom-steps", type=int, default=1)
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from lrs_plugin.convert import DTYPES  # light: torch and transformers load only when converting
+
+    p = sub.add_parser(
+        "convert", help="convert a released original-LLaVA-layout checkpoint to LLaVA-NeXT (docs/convert.md)"
+    )
+    p.add_argument("source", help="original checkpoint folder or Hub id (model_type llava_qwen / llava_llama)")
+    p.add_argument("out", type=Path, help="output folder (written atomically)")
+    p.add_argument("--vision-tower", default=None, help="CLIP folder or Hub id (default: the config's mm_vision_tower)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto keeps each tensor's stored dtype")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lrs-plugin``."""
     parser = argparse.ArgumentParser(prog="lrs-plugin", description=__doc__.split("\n\n")[0])
@@ -100,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_flops(sub)
     _add_visualize(sub)
+    _add_convert(sub)
     from lrs_plugin.leaderboard import add_cli as _add_leaderboard
 
     _add_leaderboard(sub)
@@ -201,6 +216,16 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from lrs_plugin.convert import convert_original_llava
+
+    out = convert_original_llava(
+        args.source, args.out, vision_tower=args.vision_tower, dtype=args.dtype, overwrite=args.overwrite
+    )
+    print(out)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from lrs_plugin.demo import run_demo
 
@@ -223,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flops": _flops,
         "visualize": _visualize,
         "leaderboard": _leaderboard,
+        "convert": _convert,
     }
     try:
         return handlers[args.command](args)

@@ -7,6 +7,8 @@ so callers (and tests) can catch exactly what they expect.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointLayoutError",
+    "OutputExistsError",
     "LrsPluginError",
     "ConfigError",
     "DatasetNotFoundError",
@@ -73,3 +75,11 @@ class MissingDependencyError(LrsPluginError, ImportError):
 
 class EvaluationFailedError(LrsPluginError, RuntimeError):
     """An lmms-eval run produced no results file (lmms-eval 0.7.3 exits 0 even when it fails; the log tail says why)."""
+
+
+class CheckpointLayoutError(ConfigError):
+    """A checkpoint to convert holds a key the converter does not know, or misses one it needs (the key is named)."""
+
+
+class OutputExistsError(LrsPluginError, FileExistsError):
+    """An output folder exists and overwriting was not asked for."""
