@@ -157,7 +157,11 @@ def rfm_state_from_backbone(language_model: nn.Module, llm_layer_list: tuple[int
 
 
 def _safetensors_files(source: Path) -> list[Path]:
-    """The files of ``source`` that may hold RFM keys (a file, or a checkpoint folder and its shard index)."""
+    """The files of ``source`` that may hold RFM keys.
+
+    A file; or a checkpoint folder: the shards its ``model.safetensors.index.json`` names for RFM keys plus a
+    separate ``rfm*.safetensors`` (what ``lrs-plugin convert`` writes), or every ``*.safetensors`` without an index.
+    """
     if source.is_file():
         return [source]
     if not source.is_dir():
@@ -165,8 +169,9 @@ def _safetensors_files(source: Path) -> list[Path]:
     index = source / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        names = sorted({f for k, f in weight_map.items() if k.startswith(RFM_PREFIX)})
-        return [source / n for n in names]
+        names = {f for k, f in weight_map.items() if k.startswith(RFM_PREFIX)}
+        names |= {p.name for p in source.glob("rfm*.safetensors")}
+        return [source / n for n in sorted(names)]
     return sorted(source.glob("*.safetensors"))
 
 

@@ -454,3 +454,20 @@ def test_sentencepiece_only_tokenizer_converts(sources, tmp_path):
     assert bb.build_prompt(QUESTION) == SEED_PROMPTS["llama"]
     prefix, suffix = bb.split_prompt(QUESTION)
     assert prefix.numel() > 0 and suffix.numel() > 0
+
+
+def test_rfm_file_found_next_to_a_sharded_model(converted, sources, tmp_path):
+    """A converted folder re-saved with a shard index still exposes its separate ``rfm.safetensors``."""
+    from safetensors import safe_open
+
+    from lrs_plugin._rfm import read_original_rfm_weights
+
+    _, _, out = converted["qwen2"]
+    folder = tmp_path / "sharded_out"
+    shutil.copytree(out, folder)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        weight_map = {k: "model.safetensors" for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    stored = read_original_rfm_weights(folder)
+    expected = read_original_rfm_weights(sources["qwen2"][1])
+    assert stored.keys() == expected.keys() and all(torch.equal(stored[k], expected[k]) for k in stored)
