@@ -32,6 +32,7 @@ __all__ = [
     "SUPPORTED_ARCHS",
     "SUPPORTED_TEXT_MODELS",
     "VICUNA_CHAT_TEMPLATE",
+    "VISION_DTYPES",
     "Backbone",
     "GenerationOutput",
 ]
@@ -47,6 +48,9 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 """Valid ``dtype`` strings (``"auto"`` keeps the checkpoint's dtype)."""
+
+VISION_DTYPES = ("float32", "float16", "bfloat16")
+"""Valid ``vision_dtype`` strings (``None`` leaves the vision tower in the dtype it was loaded in)."""
 
 IMAGE_TOKEN = "<image>"
 """Image placeholder in prompts, as lmms-eval's ``llava_hf`` writes it."""
@@ -88,6 +92,23 @@ def _resolve_dtype(dtype: object) -> Any:
     if isinstance(dtype, torch.dtype) and dtype in names.values():
         return dtype
     raise ConfigError(f"dtype={dtype!r} is not supported; valid choices: {', '.join(DTYPES)}")
+
+
+def _resolve_vision_dtype(vision_dtype: object) -> Any:
+    """``None`` or the ``torch.dtype`` the vision tower is cast to."""
+    import torch
+
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if vision_dtype is None:
+        return None
+    if isinstance(vision_dtype, str) and vision_dtype in names:
+        return names[vision_dtype]
+    if isinstance(vision_dtype, torch.dtype) and vision_dtype in names.values():
+        return vision_dtype
+    raise ConfigError(
+        f"vision_dtype={vision_dtype!r} is not supported; valid choices: {', '.join(VISION_DTYPES)} "
+        "(or None for the model's dtype)"
+    )
 
 
 def _check_supported(config: Any, source: str) -> None:
@@ -137,26 +158,35 @@ class Backbone:
     ``T`` :attr:`tokens_per_tile`.
     """
 
-    def __init__(self, model: Any, processor: Any, *, tile_batch_size: int = 16) -> None:
+    def __init__(
+        self, model: Any, processor: Any, *, tile_batch_size: int = 16, vision_dtype: str | torch.dtype | None = None
+    ) -> None:
         """Wrap an already loaded model and processor (prefer :meth:`from_pretrained`).
 
         Args:
             model: ``LlavaForConditionalGeneration`` or ``LlavaNextForConditionalGeneration`` in eval mode.
             processor: The matching ``LlavaProcessor`` / ``LlavaNextProcessor``.
             tile_batch_size: Tiles per vision-tower call in :meth:`encode_tiles`.
+            vision_dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or a ``torch.dtype``: the vision tower (only
+                it) is cast to that dtype in place; ``None`` leaves it as loaded.
 
         Raises:
-            ConfigError: unsupported architecture, text model or vision tower, or a bad ``tile_batch_size``.
+            ConfigError: unsupported architecture, text model or vision tower, or a bad ``tile_batch_size`` /
+                ``vision_dtype``.
 
         """
         config = model.config
         _check_supported(config, type(model).__name__)
+        _check_tile_batch_size(tile_batch_size)
+        tower_dtype = _resolve_vision_dtype(vision_dtype)
         tower = model.model.vision_tower
         embeddings = next(
             (m for m in tower.modules() if hasattr(m, "num_positions") and hasattr(m, "num_patches")), None
         )
         if embeddings is None:
             raise ConfigError(f"vision tower {type(tower).__name__} is not a CLIP-like encoder (no patch embeddings)")
+        if tower_dtype is not None:
+            tower.to(tower_dtype)  # e.g. the C2F seed's fp32 CLIP under an fp16 LLM (method.md section 7.3)
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -176,6 +206,7 @@ class Backbone:
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         tile_batch_size: int = 16,
+        vision_dtype: str | torch.dtype | None = None,
     ) -> Backbone:
         """Load model and processor with transformers' ``from_pretrained``.
 
@@ -189,12 +220,17 @@ class Backbone:
                 is CUDA, else ``sdpa``.
             trust_remote_code: Forwarded to transformers; off unless asked.
             tile_batch_size: Tiles per vision-tower call in :meth:`encode_tiles`.
+            vision_dtype: Run the vision tower in its own precision: ``"float32"``, ``"float16"``, ``"bfloat16"``
+                or a ``torch.dtype`` (after loading, only ``model.model.vision_tower`` is cast; its features are
+                cast to the projector's dtype before the projector). ``None`` keeps it in ``dtype``. The C2F seed
+                runs CLIP in fp32 under an fp16 LLM: ``dtype="float16", vision_dtype="float32"``.
 
         Returns:
             The adapter, model in eval mode.
 
         Raises:
-            ConfigError: invalid ``dtype`` / ``attn_implementation`` or an unsupported architecture.
+            ConfigError: invalid ``dtype`` / ``vision_dtype`` / ``attn_implementation`` or an unsupported
+                architecture.
             MissingDependencyError: ``flash_attention_2`` requested without ``flash_attn``.
 
         """
@@ -207,6 +243,7 @@ class Backbone:
 
         _check_tile_batch_size(tile_batch_size)
         torch_dtype = _resolve_dtype(dtype)
+        _resolve_vision_dtype(vision_dtype)  # fail before loading
         attn = _resolve_attn(attn_implementation, device_map if isinstance(device_map, str) else device)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         _check_supported(config, str(path))
@@ -221,7 +258,7 @@ class Backbone:
         if device_map is None:
             model = model.to(device)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        return cls(model.eval(), processor, tile_batch_size=tile_batch_size)
+        return cls(model.eval(), processor, tile_batch_size=tile_batch_size, vision_dtype=vision_dtype)
 
     # ----------------------------------------------------------------------------------------------- dimensions
     @property
@@ -282,8 +319,18 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
-        """Parameter dtype of the model."""
-        return self.model.dtype
+        """Parameter dtype of the language model (its input embeddings), whatever the vision tower's dtype."""
+        return self.language_model.get_input_embeddings().weight.dtype
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        """Parameter dtype of the vision tower (the dtype its inputs are cast to)."""
+        return next(self.model.model.vision_tower.parameters()).dtype
+
+    @property
+    def projector_dtype(self) -> torch.dtype:
+        """Parameter dtype of ``multi_modal_projector`` (vision features are cast to it before the projector)."""
+        return next(self.model.model.multi_modal_projector.parameters()).dtype
 
     @property
     def image_mean(self) -> tuple[float, ...]:
@@ -336,7 +383,8 @@ class Backbone:
             pixel_values: ``[n, 3, S, S]`` normalized tiles (any float dtype / device).
 
         Returns:
-            ``[n, T, C]`` projected features in the model dtype, on the model device.
+            ``[n, T, C]`` projected features in the projector's dtype, on the model device. The tower runs in its
+            own dtype (:attr:`vision_dtype`); its features are cast to :attr:`projector_dtype` before the projector.
 
         Raises:
             ConfigError: wrong shape.
@@ -350,6 +398,7 @@ class Backbone:
         inner = self.model.model
         layer = self.config.vision_feature_layer
         vision_param = next(inner.vision_tower.parameters())
+        projector_dtype = self.projector_dtype
         chunks = []
         with torch.no_grad():
             for start in range(0, pixel_values.shape[0], self.tile_batch_size):
@@ -359,9 +408,9 @@ class Backbone:
                 feats = [states[i] for i in layers]
                 if self.config.vision_feature_select_strategy == "default":
                     feats = [f[:, self._num_prefix_tokens :] for f in feats]
-                chunks.append(inner.multi_modal_projector(torch.cat(feats, dim=-1)))
+                chunks.append(inner.multi_modal_projector(torch.cat(feats, dim=-1).to(projector_dtype)))
         if not chunks:
-            return torch.empty(0, self.tokens_per_tile, self.hidden_size, device=self.device, dtype=self.dtype)
+            return torch.empty(0, self.tokens_per_tile, self.hidden_size, device=self.device, dtype=projector_dtype)
         return torch.cat(chunks, dim=0).to(self.device)
 
     def pool2x2(self, features: torch.Tensor) -> torch.Tensor:
@@ -429,13 +478,19 @@ class Backbone:
         For LLaVA-NeXT this includes the anyres tiles, unpadding and ``image_newline`` tokens, all done by
         transformers itself.
 
+        When the vision tower runs in another dtype than the projector (``vision_dtype``), transformers'
+        ``get_image_features`` cannot be used (it feeds the tower's output to the projector uncast), so the same
+        computation runs through :meth:`image_crops`, :meth:`encode_tiles` (which casts the features) and, for
+        LLaVA-NeXT, :func:`lrs_plugin._anyres.pack_anyres` with the checkpoint's pinpoints.
+
         Args:
             image: An RGB PIL image.
             grid_pinpoints: LLaVA-NeXT only: anyres resolutions ``[[h, w], ...]`` to use instead of the checkpoint's
                 (e.g. from :func:`lrs_plugin._anyres.anyres_pinpoints`). The tiles then come from
                 :meth:`image_crops` and :meth:`encode_tiles` and are laid out by
                 :func:`lrs_plugin._anyres.pack_anyres`, the same layout as the stock path; neither the model config
-                nor the processor is changed. ``None`` runs the stock path itself.
+                nor the processor is changed. ``None`` runs the stock path itself (when the tower and projector
+                dtypes agree).
 
         Returns:
             ``[N, C]`` in the embedding dtype, on the model device.
@@ -446,22 +501,24 @@ class Backbone:
         """
         import torch
 
-        if grid_pinpoints is not None:
+        embed_dtype = self.language_model.get_input_embeddings().weight.dtype
+        if grid_pinpoints is not None or self.vision_dtype != self.projector_dtype:
+            pixel_values, grid = self.image_crops(image, grid_pinpoints)  # refuses pinpoints on LLaVA-1.5
+            tiles = self.encode_tiles(pixel_values)
+            if grid is None:  # LLaVA-1.5: the single tile's tokens
+                return tiles.reshape(-1, tiles.shape[-1]).to(self.device, embed_dtype)
             from lrs_plugin._anyres import pack_anyres
 
-            pixel_values, grid = self.image_crops(image, grid_pinpoints)  # refuses LLaVA-1.5
-            assert grid is not None  # LLaVA-NeXT always has a grid
-            tiles = self.encode_tiles(pixel_values)
             with torch.no_grad():  # image_newline is a parameter: no autograd graph
                 packed = pack_anyres(tiles[0], tiles[1:], grid, (image.height, image.width), self.image_newline)
-            return packed.to(self.device, self.language_model.get_input_embeddings().weight.dtype)
+            return packed.to(self.device, embed_dtype)
         inputs = self.processor(images=[image], text=[IMAGE_TOKEN], return_tensors="pt")
-        kwargs = {"pixel_values": inputs["pixel_values"].to(self.device, self.dtype)}
+        kwargs = {"pixel_values": inputs["pixel_values"].to(self.device, self.vision_dtype)}
         if "image_sizes" in inputs:
             kwargs["image_sizes"] = inputs["image_sizes"].to(self.device)
         with torch.no_grad():
             feats = self.model.model.get_image_features(**kwargs, return_dict=True).pooler_output
-        return torch.cat(list(feats), dim=0).to(self.device, self.language_model.get_input_embeddings().weight.dtype)
+        return torch.cat(list(feats), dim=0).to(self.device, embed_dtype)
 
     # ------------------------------------------------------------------------------------------------- prompt
     def build_prompt(self, question: str) -> str:

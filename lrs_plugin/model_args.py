@@ -3,8 +3,9 @@
 lmms-eval hands values over as ``bool`` / ``int`` / ``float`` / ``str`` (``None`` arrives as the string ``"None"``,
 ``-3`` as a float). Keys:
 
-* backbone: ``pretrained`` (required), ``dtype``, ``device``, ``device_map``, ``attn_implementation``,
-  ``trust_remote_code``, ``tile_batch_size``;
+* backbone: ``pretrained`` (required), ``dtype``, ``vision_dtype`` (the CLIP tower's own precision: ``float32``,
+  ``float16`` or ``bfloat16``; default none = ``dtype``; the C2F seed runs ``dtype=float16,vision_dtype=float32``),
+  ``device``, ``device_map``, ``attn_implementation``, ``trust_remote_code``, ``tile_batch_size``;
 * method: ``reducer`` (default ``c2f``), ``focus`` (C2F's scorer, default ``auto``), ``focus_<knob>`` (a scorer knob,
   e.g. ``focus_layer=2``), ``image_cache``; every other key is an option of the reducer (e.g. ``keep_ratio=0.25``);
 * harness: ``batch_size`` / ``max_batch_size`` (requests are answered one at a time; only 1 is accepted),
@@ -41,6 +42,8 @@ class ModelSettings:
     reducer: str = "c2f"
     # Weights dtype: auto (checkpoint's), float32, float16, bfloat16.
     dtype: str = "auto"
+    # Vision-tower dtype: float32, float16, bfloat16; None: the tower stays in dtype.
+    vision_dtype: str | None = None
     # Device of the model; None: the rank's CUDA device, else CPU.
     device: str | None = None
     # transformers device_map (e.g. "auto" to split one model over several GPUs of one process).
@@ -80,7 +83,15 @@ class ModelSettings:
             raise ConfigError(f"max_new_tokens must be None or an int >= 1; got {self.max_new_tokens!r}")
 
 
-_BACKBONE_KEYS = ("dtype", "device", "device_map", "attn_implementation", "trust_remote_code", "tile_batch_size")
+_BACKBONE_KEYS = (
+    "dtype",
+    "vision_dtype",
+    "device",
+    "device_map",
+    "attn_implementation",
+    "trust_remote_code",
+    "tile_batch_size",
+)
 _RESUME_KEYS = ("resume_dir", "resume")
 
 

@@ -111,6 +111,8 @@ def settings_fingerprint(settings: Any, *, plugin_version: str) -> str:
             "attn_implementation": settings.attn_implementation,
             "trust_remote_code": settings.trust_remote_code,
             "max_new_tokens": settings.max_new_tokens,
+            # Only when set, so stores written before the option existed keep their hash.
+            **({"vision_dtype": settings.vision_dtype} if settings.vision_dtype is not None else {}),
         }
     )
 

@@ -91,6 +91,7 @@ class C2FLlava(lmms):
             attn_implementation=s.attn_implementation,
             trust_remote_code=s.trust_remote_code,
             tile_batch_size=s.tile_batch_size,
+            vision_dtype=s.vision_dtype,
         )
         self.reducer = build_reducer(s.reducer, self.backbone, s.reducer_options)
         self.dims = ModelDims.from_config(self.backbone.config)

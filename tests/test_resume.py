@@ -66,6 +66,7 @@ def test_model_args_resume_knobs(ckpt_dir):
         {"focus": "uniform"},
         {"focus_layer": 2},
         {"dtype": "bfloat16"},
+        {"vision_dtype": "float32"},
         {"attn_implementation": "eager"},
         {"max_new_tokens": 4},
         {"trust_remote_code": True},

@@ -171,7 +171,8 @@ class VisionZipReducer:
             picked.append(tokens)
             patches.append(idx)
         with torch.no_grad():
-            projected = bb.model.model.multi_modal_projector(torch.stack(picked))  # [n, K, C]
+            # The tower may run in its own dtype (vision_dtype): the projector takes its own.
+            projected = bb.model.model.multi_modal_projector(torch.stack(picked).to(bb.projector_dtype))  # [n, K, C]
         if grid is None:
             vision = projected.reshape(-1, projected.shape[-1])
         else:
