@@ -83,12 +83,15 @@ class AnyresReducer:
     ) -> ReducerOutput:
         """Answer with the stock model, its anyres grid limited to ``max_tiles`` tiles."""
         vision, tiles = self.vision.get(image_path)
-        out = answer_plain(
-            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
+        return answer_plain(
+            self.backbone,
+            vision,
+            tiles,
+            question,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            max_tiles=self.config.max_tiles,
         )
-        if self.config.max_tiles is not None:
-            out.stats["max_tiles"] = self.config.max_tiles
-        return out
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""

@@ -74,12 +74,15 @@ class DownsampleReducer:
     ) -> ReducerOutput:
         """Answer with the stock model on the downsampled image."""
         vision, tiles = self.vision.get(image_path)
-        out = answer_plain(
-            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
+        return answer_plain(
+            self.backbone,
+            vision,
+            tiles,
+            question,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            max_tiles=self.tiles.max_tiles,
         )
-        if self.tiles.max_tiles is not None:
-            out.stats["max_tiles"] = self.tiles.max_tiles
-        return out
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""

@@ -88,10 +88,12 @@ def answer_plain(
     *,
     max_new_tokens: int,
     stop_strings: list[str] | None = None,
+    max_tiles: int | None = None,
 ) -> ReducerOutput:
     """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and report the standard stats.
 
-    Shared by every reducer that shortens the vision sequence before the LLM.
+    Shared by every reducer that shortens the vision sequence before the LLM; ``max_tiles`` (an anyres-pN limit
+    the tokens were encoded under) is recorded in the stats when set.
     """
     prefix, suffix = backbone.split_prompt(question)
     embeds, _ = backbone.assemble(prefix, vision, suffix)
@@ -104,6 +106,8 @@ def answer_plain(
         "new_tokens": out.num_new_tokens,
         "focus_passes": [],
     }
+    if max_tiles is not None:
+        stats["max_tiles"] = int(max_tiles)
     return ReducerOutput(text=out.text, stats=stats)
 
 

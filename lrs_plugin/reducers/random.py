@@ -131,11 +131,15 @@ class RandomReducer:
             )
             budget_met = int(vision.shape[0]) <= self.config.budget
         out = answer_plain(
-            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
+            self.backbone,
+            vision,
+            tiles,
+            question,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            max_tiles=self.tiles.max_tiles,
         )
         out.stats["budget_met"] = budget_met
-        if self.tiles.max_tiles is not None:
-            out.stats["max_tiles"] = self.tiles.max_tiles
         return out
 
     def close(self) -> None:
