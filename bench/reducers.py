@@ -32,6 +32,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "pdrop": {},
     "c2f": {"focus_options": {"layer": 1}},
     "visionzip": {"dominant": 3, "contextual": 1},  # 4 of 16 tokens per tile (the README's 64 of 576 is 1/9)
+    # 4 top + 4 uniform + 1 of 16 per tile (the seed's call); adaptive PruMerge+ keeps ~all of a 16-patch tile
+    "prumerge": {"adaptive": False, "reduction_ratio": 0.25},
     "anyres": {"max_tiles": 1},  # anyres-p1: the base image + one grid tile (LLaVA-NeXT only)
 }
 

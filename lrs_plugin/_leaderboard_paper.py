@@ -52,7 +52,7 @@ _TILE_SUFFIX = re.compile(r"^(?P<model>.+)-p(?P<tiles>\d+)\*$")
 # Efficiency table: reducer as printed after "w/ " -> method column.
 _EFFICIENCY_METHODS = {
     "": "none",
-    "PruMerge++": "prumerge++",
+    "PruMerge++": "prumerge",
     "VisionZip": "visionzip",
     "FastV": "fastv",
     "PDrop": "pdrop",

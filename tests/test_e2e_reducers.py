@@ -20,6 +20,7 @@ OPTIONS = {
     "random": "",
     "downsample": "",
     "visionzip": "dominant=4,contextual=2",
+    "prumerge": "adaptive=false,reduction_ratio=0.25",
     "anyres": "max_tiles=1",
 }
 SUBTASKS = ("lrs_vqa_fair", "lrs_vqa_bridge", "lrs_vqa_star")

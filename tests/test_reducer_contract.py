@@ -53,6 +53,11 @@ def _visionzip_check(stats: Stats, ref: Stats) -> None:
     assert stats["vision_tokens_to_llm"] == stats["tiles_encoded"] * (4 + 2)
 
 
+def _prumerge_check(stats: Stats, ref: Stats) -> None:
+    # 16 patches per tile at reduction_ratio=0.25: 4 top + 4 uniform samples + the pruned-summary token.
+    assert stats["vision_tokens_to_llm"] == stats["tiles_encoded"] * 9 <= stats["vision_tokens_encoded"]
+
+
 TABLE: dict[str, Case] = {
     "none": Case({}, {}),
     "random": Case({}, {"budget": BUDGET, "seed": 0}),
@@ -65,6 +70,8 @@ TABLE: dict[str, Case] = {
     "anyres": Case({}, {"max_tiles": 1}, _anyres_check),
     # Adds the CLIP [CLS] state and drops unpadding / newlines, so it never equals ``none``.
     "visionzip": Case(None, {"dominant": 4, "contextual": 2}, _visionzip_check),
+    # Merged tokens plus a pruned-summary token per tile, no newlines: it never equals ``none``.
+    "prumerge": Case(None, {"adaptive": False, "reduction_ratio": 0.25}, _prumerge_check),
 }
 
 

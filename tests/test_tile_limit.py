@@ -20,6 +20,7 @@ REDUCERS = {
     "fastv": {"k": 1},
     "pdrop": {},
     "visionzip": {"dominant": 3, "contextual": 1},
+    "prumerge": {"adaptive": False, "reduction_ratio": 0.25},
 }
 
 

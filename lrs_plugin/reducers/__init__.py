@@ -128,6 +128,7 @@ def _load_builtins() -> None:
         fastv,
         none,
         pdrop,
+        prumerge,
         random,
         visionzip,
     )

@@ -1,9 +1,9 @@
 """The ``max_tiles`` / ``pinpoints`` options every stock-layout reducer accepts (the paper's ``anyres-pN`` base).
 
 The C2F paper compares reducers *on top of* an anyres limit ("anyres-p144 w/ FastV", "anyres-p25 w/ VisionZip"),
-so ``random``, ``downsample``, ``fastv``, ``pdrop``, ``visionzip`` and ``anyres`` itself take the same two options:
-``max_tiles=N`` (grid tiles allowed, base image not counted; LLaVA-NeXT only) and ``pinpoints=square|checkpoint``
-(see :func:`lrs_plugin._anyres.anyres_pinpoints`).
+so ``random``, ``downsample``, ``fastv``, ``pdrop``, ``visionzip``, ``prumerge`` and ``anyres`` itself take the same
+two options: ``max_tiles=N`` (grid tiles allowed, base image not counted; LLaVA-NeXT only) and
+``pinpoints=square|checkpoint`` (see :func:`lrs_plugin._anyres.anyres_pinpoints`).
 """
 
 from __future__ import annotations
