@@ -221,6 +221,26 @@ def _date(data: Mapping[str, Any], path: Path) -> str:
         raise LeaderboardError(f"{path}: date {raw!r} is not lmms-eval's YYYYMMDD_HHMMSS") from exc
 
 
+def default_setting(semantic_args: Mapping[str, str]) -> str:
+    """A measured row's default ``setting`` from its answer-changing ``model_args`` (pretrained / reducer excluded).
+
+    ``max_tiles=N`` with square pinpoints (the default) is the paper's ``anyres-pN`` and is named so, first, so that
+    measured rows line up with the paper's (``reducer=fastv,max_tiles=144`` -> ``anyres-p144``); the other arguments
+    follow sorted as ``k=v``; no argument at all is ``default``.
+    """
+    rest = dict(sorted(semantic_args.items()))
+    parts = []
+    if (
+        "max_tiles" in rest
+        and rest.get("pinpoints", "square") == "square"
+        and str(rest["max_tiles"]) not in ("", "None")
+    ):
+        parts.append(f"anyres-p{rest.pop('max_tiles')}")
+        rest.pop("pinpoints", None)
+    parts += [f"{k}={v}" for k, v in rest.items()]
+    return ",".join(parts) or "default"
+
+
 def config_hash(harness_model: str, model: str, model_args: Mapping[str, str], versions: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the configuration that can change the answers.
 
@@ -262,7 +282,8 @@ def build_row(
             rules are checked against the results file.
         model: default: ``pretrained`` of ``config.model_args`` (a local path becomes its folder name).
         method: default: ``reducer`` of ``config.model_args`` (``none`` when absent).
-        setting: default: the answer-changing ``model_args`` other than pretrained / reducer, sorted, or ``default``.
+        setting: default: :func:`default_setting` of the answer-changing ``model_args`` other than pretrained /
+            reducer (``anyres-pN`` for ``max_tiles=N``, then ``k=v`` sorted), or ``default``.
         hardware: device the latency was measured on (required when the results carry a latency).
         link: where the results file is published (default: ``results_json_path`` as given).
         backbone: architecture the method is applied to (identity column).
@@ -305,7 +326,7 @@ def build_row(
         llm=llm or "",
         train_data=train_data or "",
         method=method or args.get("reducer") or "none",
-        setting=setting or (",".join(f"{k}={v}" for k, v in semantic.items()) or "default"),
+        setting=setting or default_setting(semantic),
     )
     for task in tasks:
         metrics = results[task]

@@ -470,3 +470,21 @@ def test_csv_text_is_stable():
     text = lb._to_csv(rows)
     again = list(csv.DictReader(io.StringIO(text)))
     assert lb._to_csv([parse_row(r)[0] for r in again]) == text
+
+
+@pytest.mark.parametrize(
+    ("model_args", "setting"),
+    [
+        ("pretrained=/c/m,reducer=fastv,max_tiles=144,device=cuda:0", "anyres-p144"),
+        (
+            "pretrained=/c/m,reducer=visionzip,max_tiles=25,dominant=54,contextual=10",
+            "anyres-p25,contextual=10,dominant=54",
+        ),
+        ("pretrained=/c/m,reducer=anyres,max_tiles=2,pinpoints=checkpoint", "max_tiles=2,pinpoints=checkpoint"),
+        ("pretrained=/c/m,reducer=none", "default"),
+    ],
+)
+def test_default_setting_names_anyres_limits_as_the_paper(tmp_path, model_args, setting):
+    results = write_results(tmp_path / "run", model_args=model_args)
+    row = lb.build_row(results, hardware="1x H200")
+    assert row["setting"] == setting
