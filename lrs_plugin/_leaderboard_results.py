@@ -221,6 +221,11 @@ def _date(data: Mapping[str, Any], path: Path) -> str:
         raise LeaderboardError(f"{path}: date {raw!r} is not lmms-eval's YYYYMMDD_HHMMSS") from exc
 
 
+def _method_of(reducer: str | None) -> str:
+    """The leaderboard method of a reducer: ``anyres`` is the stock model on a tile limit, the paper's ``none`` row."""
+    return "none" if reducer in (None, "", "anyres") else str(reducer)
+
+
 def default_setting(semantic_args: Mapping[str, str]) -> str:
     """A measured row's default ``setting`` from its answer-changing ``model_args`` (pretrained / reducer excluded).
 
@@ -325,7 +330,7 @@ def build_row(
         vision_encoder=vision_encoder or "",
         llm=llm or "",
         train_data=train_data or "",
-        method=method or args.get("reducer") or "none",
+        method=method or _method_of(args.get("reducer")),
         setting=setting or default_setting(semantic),
     )
     for task in tasks:

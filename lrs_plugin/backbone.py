@@ -461,14 +461,17 @@ class Backbone:
         if grid_pinpoints is not None and self.arch != "llava_next":
             raise ConfigError(f"grid_pinpoints need a LLaVA-NeXT checkpoint; this one is {self.arch!r}")
         kwargs: dict[str, Any] = {}
-        if grid_pinpoints is not None:
-            kwargs["image_grid_pinpoints"] = [[int(h), int(w)] for h, w in grid_pinpoints]
+        pinpoints = None
+        if self.arch == "llava_next":
+            # Always the same list for the processor and the grid below (the model config's unless given), so a
+            # processor config that disagrees with the model config cannot desynchronise the tile count.
+            pinpoints = grid_pinpoints if grid_pinpoints is not None else self.config.image_grid_pinpoints
+            kwargs["image_grid_pinpoints"] = [[int(h), int(w)] for h, w in pinpoints]
         out = self.processor.image_processor(images=[image], return_tensors="pt", **kwargs)
         s = self.tile_size
         pixel_values = out["pixel_values"].reshape(-1, 3, s, s)
-        if self.arch != "llava_next":
+        if pinpoints is None:
             return pixel_values, None
-        pinpoints = grid_pinpoints if grid_pinpoints is not None else self.config.image_grid_pinpoints
         rows, cols = grid_shape((image.height, image.width), pinpoints, s)
         return pixel_values[: 1 + rows * cols], (rows, cols)
 

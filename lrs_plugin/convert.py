@@ -141,16 +141,21 @@ def _text_config(orig: dict[str, Any], family: str, vocab_size: int) -> Any:
 
 
 def _pinpoints(value: object, tile: int) -> list[list[int]]:
-    """``image_grid_pinpoints``: a list, a ``"(1x1),...,(3x3)"`` range, or absent (LLaVA-NeXT's default list)."""
+    """``image_grid_pinpoints`` as transformers' ``[height, width]`` pairs.
+
+    The original LLaVA code reads its pinpoints as ``(width, height)`` pairs (``for width, height in ...``), so each
+    pair is swapped. Accepted: a list of pairs, a ``"(1x1),...,(AxB)"`` range (first and last entries, as the original
+    code reads it), or absent (LLaVA-NeXT's default list).
+    """
     if value is None:
         return [[tile * h, tile * w] for h, w in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]
     if isinstance(value, str):
         grids = [tuple(map(int, m)) for m in re.findall(r"\((\d+)x(\d+)\)", value)]
-        if len(grids) != 2:
+        if len(grids) < 2:
             raise ConfigError(f"image_grid_pinpoints={value!r}: expected a list or a '(1x1),...,(AxB)' range")
-        (h0, w0), (h1, w1) = grids
-        return [[tile * h, tile * w] for h in range(h0, h1 + 1) for w in range(w0, w1 + 1)]
-    return [[int(h), int(w)] for h, w in value]  # type: ignore[union-attr]
+        (w0, h0), (w1, h1) = grids[0], grids[-1]
+        return [[tile * h, tile * w] for w in range(w0, w1 + 1) for h in range(h0, h1 + 1)]
+    return [[int(h), int(w)] for w, h in value]  # type: ignore[union-attr]
 
 
 def _vision(tower_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -382,12 +387,19 @@ def _replace_atomically(out: Path, write: Any) -> None:
     """``write(tmp)`` into a temporary sibling of ``out``, then rename it to ``out`` (replacing an old one)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: others (another UID, a container) must read the model too
     try:
         write(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                old.rename(out)  # put the previous model back
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out)

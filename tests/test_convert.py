@@ -132,7 +132,7 @@ def write_original(hf_dir: Path, out: Path, *, family: str) -> Path:
         slice_block_size=model.config.vision_config.image_size,
     )
     if arch == "llava_next":
-        config["image_grid_pinpoints"] = model.config.image_grid_pinpoints
+        config["image_grid_pinpoints"] = [[w, h] for h, w in model.config.image_grid_pinpoints]  # original: (w, h)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _save_tokenizer_without_image(hf_dir, out)
     return out
@@ -471,3 +471,23 @@ def test_rfm_file_found_next_to_a_sharded_model(converted, sources, tmp_path):
     stored = read_original_rfm_weights(folder)
     expected = read_original_rfm_weights(sources["qwen2"][1])
     assert stored.keys() == expected.keys() and all(torch.equal(stored[k], expected[k]) for k in stored)
+
+
+def test_pinpoints_are_read_as_the_original_width_height_pairs():
+    from lrs_plugin.convert import _pinpoints
+
+    assert _pinpoints([[336, 672], [672, 336]], 336) == [[672, 336], [336, 672]]  # (w, h) -> [h, w]
+    assert _pinpoints("(1x1),(1x2),(2x3)", 14) == [[14, 14], [28, 14], [42, 14], [14, 28], [28, 28], [42, 28]]
+    assert _pinpoints(None, 336)[0] == [336, 672]
+    with pytest.raises(ConfigError, match="range"):
+        _pinpoints("(3x3)", 14)
+
+
+def test_converted_folder_is_readable_by_others(converted):
+    import os
+    import stat
+
+    _, _, out = converted["qwen2"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask

@@ -488,3 +488,5 @@ def test_default_setting_names_anyres_limits_as_the_paper(tmp_path, model_args, 
     results = write_results(tmp_path / "run", model_args=model_args)
     row = lb.build_row(results, hardware="1x H200")
     assert row["setting"] == setting
+    reducer = dict(a.split("=") for a in model_args.split(","))["reducer"]
+    assert row["method"] == ("none" if reducer == "anyres" else reducer)  # anyres-pN alone is the paper's none row

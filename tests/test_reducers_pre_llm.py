@@ -155,3 +155,23 @@ def test_downsample_keep_all_equals_none_and_shrinks(backbones, image_path, vari
     assert same.text == ref.text and same.stats == ref.stats
     small = _ask(build_reducer("downsample", bb, {"max_pixels": 400}), image_path)
     assert 1 <= small.stats["vision_tokens_to_llm"] <= ref.stats["vision_tokens_to_llm"]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("random", {"budget": "abc"}, "random: budget must be an integer or None; got 'abc'"),
+        ("random", {"budget": 64.5}, "random: budget must be an integer or None; got 64.5"),
+        ("random", {"seed": "x"}, "random: seed must be an integer; got 'x'"),
+        ("downsample", {"max_pixels": "1e6"}, "downsample: max_pixels must be an integer or None"),
+    ],
+)
+def test_integer_options_are_never_truncated(backbones, name, options, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_reducer(name, backbones[("llava", "llama")], options)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_integer_options_accept_model_args_forms(backbones, variant) -> None:
+    assert build_reducer("random", backbones[variant], {"budget": "8", "seed": 3.0}).config.budget == 8
+    assert build_reducer("downsample", backbones[variant], {"max_pixels": "None"}).config.max_pixels is None

@@ -262,7 +262,8 @@ def test_max_tiles_square_grid(tiny_backbones, tmp_path) -> None:
         ({"contextual": -1}, "contextual"),
         ({"pinpoints": "all"}, "pinpoints"),
         ({"max_tiles": 0}, "max_tiles"),
-        ({"dominant": "many"}, "integers"),
+        ({"dominant": "many"}, "dominant must be an integer; got .many."),
+        ({"contextual": 0.5}, "contextual must be an integer; got 0.5"),
         ({"ratio": 0.5}, "unknown options"),
     ],
 )
@@ -279,3 +280,15 @@ def test_max_tiles_needs_llava_next(tiny_backbones) -> None:
 def test_config_defaults_are_the_official_readme() -> None:
     cfg = VisionZipConfig()
     assert (cfg.dominant, cfg.contextual) == (54, 10)
+
+
+def test_merge_sums_in_float32_so_fp16_states_do_not_overflow() -> None:
+    s = 40
+    hidden = torch.zeros(s, 4, dtype=torch.float16)
+    hidden[:, 0] = 30000.0  # CLIP-L has channels this large; 30 of them summed overflow fp16 (max 65504)
+    keys = torch.zeros(s, 3)
+    keys[:, 0] = 1.0  # every token is most similar to the first anchor
+    keys[1:, 1] = torch.linspace(0.0, 0.01, s - 1)
+    tokens, _ = visionzip_select(hidden, torch.rand(s - 1), keys, 2, 2)
+    assert tokens.dtype == torch.float16 and bool(torch.isfinite(tokens).all())
+    assert float(tokens[-2, 0]) == pytest.approx(60000.0, rel=1e-3)  # anchor 30000 + mean of its members 30000

@@ -18,23 +18,41 @@ from lrs_plugin.errors import ConfigError
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
 
-__all__ = ["TILE_OPTIONS", "TileLimit", "take_options"]
+__all__ = ["TILE_OPTIONS", "TileLimit", "option_int", "take_options"]
 
 TILE_OPTIONS = ("max_tiles", "pinpoints")
 
 
-def _parse_max_tiles(value: object, reducer: str) -> int | None:
-    """``None`` / ``"None"`` / ``""`` or an int (strings from ``--model_args``, integral floats from lmms-eval)."""
-    if value is None or value in ("None", "none", ""):
+def option_int(value: object, name: str, reducer: str, *, allow_none: bool = False) -> int | None:
+    """An integer option as ``--model_args`` hands it over: ``4``, ``4.0`` or ``"4"``.
+
+    ``None`` / ``"None"`` / ``""`` give ``None`` when ``allow_none``; range checks are left to the reducer's config.
+
+    Raises:
+        ConfigError: anything else, e.g. ``"abc"``, ``4.5`` (never truncated), ``True``.
+    """
+    if allow_none and (value is None or value in ("None", "none", "")):
         return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{reducer}: {name} must be an integer; got {value!r}")
+    if isinstance(value, int):
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
         try:
             return int(value.strip())
         except ValueError:
-            raise ConfigError(f"{reducer}: max_tiles must be an int >= 1 or None; got {value!r}") from None
-    return value  # type: ignore[return-value]  (validated by TileLimit)
+            pass
+    raise ConfigError(f"{reducer}: {name} must be an integer{' or None' if allow_none else ''}; got {value!r}")
+
+
+def _parse_max_tiles(value: object, reducer: str) -> int | None:
+    """``max_tiles`` as given: ``None`` / ``"None"`` / ``""`` or an integer (range checked by :class:`TileLimit`)."""
+    try:
+        return option_int(value, "max_tiles", reducer, allow_none=True)
+    except ConfigError:
+        raise ConfigError(f"{reducer}: max_tiles must be an int >= 1 or None; got {value!r}") from None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
-from lrs_plugin.reducers._tiles import take_options
+from lrs_plugin.reducers._tiles import option_int, take_options
 from lrs_plugin.reducers.none import PlainVision, answer_plain
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class DownsampleReducer:
     def __init__(self, backbone: Backbone, **options: Any) -> None:
         self.tiles, options = take_options(options, "downsample", ("max_pixels",))
         mp = options.get("max_pixels")
-        self.config = DownsampleConfig(max_pixels=None if mp in (None, "None", "") else int(mp))
+        self.config = DownsampleConfig(max_pixels=option_int(mp, "max_pixels", "downsample", allow_none=True))
         self.backbone = backbone
         self.vision = PlainVision(backbone, prepare=self._shrink, grid_pinpoints=self.tiles.grid_pinpoints(backbone))
 

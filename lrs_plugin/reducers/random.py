@@ -17,7 +17,7 @@ import torch
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
-from lrs_plugin.reducers._tiles import take_options
+from lrs_plugin.reducers._tiles import option_int, take_options
 from lrs_plugin.reducers.none import PlainVision, answer_plain
 
 if TYPE_CHECKING:
@@ -100,8 +100,8 @@ class RandomReducer:
         self.tiles, options = take_options(options, "random", ("budget", "seed", "newlines"))
         budget = options.get("budget")
         self.config = RandomConfig(
-            budget=None if budget in (None, "None", "") else int(budget),
-            seed=int(options.get("seed", 0)),
+            budget=option_int(budget, "budget", "random", allow_none=True),
+            seed=option_int(options.get("seed", 0), "seed", "random"),
             newlines=str(options.get("newlines", "rankable")),
         )
         self.backbone = backbone

@@ -32,7 +32,7 @@ import torch
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
-from lrs_plugin.reducers._tiles import take_options
+from lrs_plugin.reducers._tiles import option_int, take_options
 from lrs_plugin.reducers.none import answer_plain
 
 if TYPE_CHECKING:
@@ -96,9 +96,13 @@ def visionzip_select(
     merged = hidden[rest[anchors]].clone()
     if others.numel():
         join = (metric[others] @ metric[anchors].T).argmax(dim=1)  # [n_others] -> anchor slot
-        sums = torch.zeros_like(merged).index_add_(0, join, hidden[rest[others]])
-        counts = torch.bincount(join, minlength=c).clamp(min=1).to(merged.dtype)
-        merged = merged + sums / counts[:, None]
+        # Sum in float32 at least: hundreds of fp16 CLIP states (large activation channels) can overflow.
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        sums = torch.zeros(merged.shape, dtype=acc, device=hidden.device).index_add_(
+            0, join, hidden[rest[others]].to(acc)
+        )
+        counts = torch.bincount(join, minlength=c).clamp(min=1).to(acc)
+        merged = (merged.to(acc) + sums / counts[:, None]).to(hidden.dtype)
     return torch.cat([hidden[keep], merged]), picked
 
 
@@ -144,12 +148,10 @@ class VisionZipReducer:
         from lrs_plugin._vision_probe import encoder_layers, feature_layer_index
 
         self.tiles, options = take_options(options, "visionzip", ("dominant", "contextual"))
-        try:
-            self.config = VisionZipConfig(
-                dominant=int(options.get("dominant", 54)), contextual=int(options.get("contextual", 10))
-            )
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"reducer 'visionzip': dominant / contextual must be integers; {err}") from err
+        self.config = VisionZipConfig(
+            dominant=option_int(options.get("dominant", 54), "dominant", "visionzip"),
+            contextual=option_int(options.get("contextual", 10), "contextual", "visionzip"),
+        )
         layers = encoder_layers(backbone.model.model.vision_tower)
         feature_layer_index(backbone.config.vision_feature_layer, len(layers))  # fail at build time, not per sample
         self.backbone = backbone
@@ -199,7 +201,13 @@ class VisionZipReducer:
             self._last = (image_path, *self.vision_tokens(image))
         _, vision, tiles = self._last
         out = answer_plain(
-            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
+            self.backbone,
+            vision,
+            tiles,
+            question,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            max_tiles=self.tiles.max_tiles,
         )
         out.stats["projector_tokens"] = int(vision.shape[0])  # only the kept tokens go through the projector
         out.stats["visionzip"] = {
