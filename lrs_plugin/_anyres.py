@@ -24,6 +24,8 @@ __all__ = [
     "grid_shape",
     "unpad_bounds",
     "pack_anyres",
+    "pool_tiles",
+    "TILE_POOLS",
 ]
 
 PINPOINT_MODES = ("square", "checkpoint")
@@ -138,6 +140,42 @@ def unpad_bounds(grid_hw: tuple[int, int], image_hw: tuple[int, int]) -> tuple[s
     return slice(0, grid_h), slice(pad, grid_w - pad)
 
 
+TILE_POOLS = ("average", "max", "bilinear")
+"""2x2 pooling of the grid tiles' tokens, as the C2F seed's LLaVA-NeXT models do (``mm_spatial_pool_mode``)."""
+
+
+def pool_tiles(tiles: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool each tile's ``g x g`` token grid by 2, as the seed's ``get_2dPool`` (after the projector).
+
+    Args:
+        tiles: ``[n, g*g, C]`` tokens, patches in raster order.
+        mode: ``"average"`` / ``"max"`` (2x2 windows, stride 2) or ``"bilinear"`` (``F.interpolate`` to
+            ``ceil(g/2)`` per side, ``align_corners=False``, no antialias).
+
+    Returns:
+        ``[n, g'*g', C]`` with ``g' = g // 2`` (average / max) or ``ceil(g / 2)`` (bilinear).
+
+    Raises:
+        ConfigError: unknown mode, or not a square token grid.
+    """
+    import torch.nn.functional as F
+
+    n, t, c = tiles.shape
+    g = math.isqrt(t)
+    if g * g != t:
+        raise ConfigError(f"pool_tiles needs square g*g token tiles; got {t} tokens per tile")
+    x = tiles.reshape(n, g, g, c).permute(0, 3, 1, 2)
+    if mode == "average":
+        x = F.avg_pool2d(x, 2)
+    elif mode == "max":
+        x = F.max_pool2d(x, 2)
+    elif mode == "bilinear":
+        x = F.interpolate(x, size=(math.ceil(g / 2), math.ceil(g / 2)), mode="bilinear")
+    else:
+        raise ConfigError(f"tile pooling {mode!r} is not valid; valid: {', '.join(TILE_POOLS)}")
+    return x.permute(0, 2, 3, 1).reshape(n, -1, c)
+
+
 def pack_anyres(
     base: torch.Tensor,
     tiles: torch.Tensor,
@@ -145,6 +183,7 @@ def pack_anyres(
     image_hw: tuple[int, int],
     newline: torch.Tensor | None,
     unpad: bool = True,
+    tile_pool: str | None = None,
 ) -> torch.Tensor:
     """Lay out one image's LLaVA-NeXT vision tokens as the stock model does (``pack_image_features``).
 
@@ -160,6 +199,9 @@ def pack_anyres(
         image_hw: ``(height, width)`` of the original image in pixels (for unpadding).
         newline: ``[C]`` row-end vector (``image_newline``), or ``None`` for no row ends.
         unpad: Crop the patch map to the image part; ``False`` keeps the padding.
+        tile_pool: Pool the grid tiles first (:func:`pool_tiles`; the base tile is kept whole), as the C2F seed's
+            LLaVA-NeXT-Qwen2 does (``144`` tokens per 336-px tile: ``576 + 144 * 144 = 21,312`` at anyres-p144);
+            ``None`` keeps every token (transformers' layout).
 
     Returns:
         ``[T + H * (W + 1), C]`` (``[T + H * W, C]`` without ``newline``), where ``H x W`` is the kept patch map;
@@ -175,6 +217,8 @@ def pack_anyres(
         raise ConfigError(
             f"pack_anyres needs base [T, C] and tiles [n, g*g, C]; got {list(base.shape)} and {list(tiles.shape)}"
         )
+    if tile_pool is not None:
+        tiles = pool_tiles(tiles, tile_pool)
     n, t, c = tiles.shape
     g = math.isqrt(t)
     if rows < 1 or cols < 1 or n != rows * cols or g * g != t:

@@ -194,6 +194,12 @@ class Backbone:
         self.tile_batch_size = _check_tile_batch_size(tile_batch_size)
         # Extra tokens the vision tower prepends (CLIP: one CLS), read from the module itself.
         self._num_prefix_tokens = int(embeddings.num_positions - embeddings.num_patches)
+        pool = getattr(config, "anyres_tile_pool", None)
+        if pool is not None:
+            from lrs_plugin._anyres import TILE_POOLS
+
+            if pool not in TILE_POOLS:
+                raise ConfigError(f"config anyres_tile_pool={pool!r} is not valid; valid: {', '.join(TILE_POOLS)}")
 
     @classmethod
     def from_pretrained(
@@ -321,6 +327,17 @@ class Backbone:
     def dtype(self) -> torch.dtype:
         """Parameter dtype of the language model (its input embeddings), whatever the vision tower's dtype."""
         return self.language_model.get_input_embeddings().weight.dtype
+
+    @property
+    def anyres_tile_pool(self) -> str | None:
+        """LLaVA-NeXT grid-tile pooling: ``config.anyres_tile_pool``, or ``None`` (keep every token).
+
+        ``lrs-plugin convert`` writes it from the seed's ``mm_spatial_pool_mode`` (its LLaVA-NeXT-Qwen2 pools each
+        grid tile 2x2 after the projector); transformers' own checkpoints have none.
+        """
+        if self.arch != "llava_next":
+            return None
+        return getattr(self.config, "anyres_tile_pool", None)
 
     @property
     def vision_dtype(self) -> torch.dtype:
@@ -505,7 +522,8 @@ class Backbone:
         import torch
 
         embed_dtype = self.language_model.get_input_embeddings().weight.dtype
-        if grid_pinpoints is not None or self.vision_dtype != self.projector_dtype:
+        pool = self.anyres_tile_pool
+        if grid_pinpoints is not None or pool is not None or self.vision_dtype != self.projector_dtype:
             pixel_values, grid = self.image_crops(image, grid_pinpoints)  # refuses pinpoints on LLaVA-1.5
             tiles = self.encode_tiles(pixel_values)
             if grid is None:  # LLaVA-1.5: the single tile's tokens
@@ -513,7 +531,9 @@ class Backbone:
             from lrs_plugin._anyres import pack_anyres
 
             with torch.no_grad():  # image_newline is a parameter: no autograd graph
-                packed = pack_anyres(tiles[0], tiles[1:], grid, (image.height, image.width), self.image_newline)
+                packed = pack_anyres(
+                    tiles[0], tiles[1:], grid, (image.height, image.width), self.image_newline, tile_pool=pool
+                )
             return packed.to(self.device, embed_dtype)
         inputs = self.processor(images=[image], text=[IMAGE_TOKEN], return_tensors="pt")
         kwargs = {"pixel_values": inputs["pixel_values"].to(self.device, self.vision_dtype)}

@@ -457,6 +457,12 @@ def convert_original_llava(
     rows = config.text_config.vocab_size
     suppress = list(range(min(record["checkpoint_embedding_rows"], n_seed), rows))
 
+    # The seed pools each anyres grid tile 2x2 after the projector unless mm_spatial_pool_mode is "none"
+    # (method.md §2.3, the `spatial` merge of llava_arch.py); Backbone.anyres_tile_pool reads this.
+    pool = orig.get("mm_spatial_pool_mode", "bilinear")
+    if pool not in ("none", "average", "max", "bilinear"):
+        raise ConfigError(f"mm_spatial_pool_mode={pool!r} is not supported; valid: none, average, max, bilinear")
+    config.anyres_tile_pool = None if pool == "none" else pool
     config.rfm = {
         "llm_layer_list": orig.get("llm_layer_list"),
         "num_rfm_layers": record.pop("num_rfm_layers"),

@@ -287,3 +287,73 @@ def test_config_validates_itself() -> None:
         AnyresConfig(max_tiles=4, pinpoints="all")
     with pytest.raises(AttributeError):
         AnyresConfig().max_tiles = 4  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- seed-style 2x2 tile pooling
+def _seed_2d_pool(feature: torch.Tensor, mode: str) -> torch.Tensor:
+    """The C2F seed's ``get_2dPool`` (llava_arch.py), restated: [n, g*g, C] -> pooled [n, g'*g', C]."""
+    import math as m
+
+    import torch.nn.functional as F
+
+    n, t, c = feature.shape
+    g = m.isqrt(t)
+    x = feature.view(n, g, g, -1).permute(0, 3, 1, 2).contiguous()
+    if mode == "average":
+        x = F.avg_pool2d(x, 2)
+    elif mode == "max":
+        x = F.max_pool2d(x, 2)
+    else:
+        x = F.interpolate(x, size=[m.ceil(g / 2), m.ceil(g / 2)], mode="bilinear")
+    return x.permute(0, 2, 3, 1).contiguous().view(n, -1, c)
+
+
+@pytest.mark.parametrize("mode", ["average", "max", "bilinear"])
+@pytest.mark.parametrize(("rows", "cols", "image_hw"), [(2, 3, (200, 330)), (3, 1, (500, 120)), (1, 1, (50, 50))])
+def test_pack_with_tile_pool_equals_the_seed_spatial_unpad_merge(mode, rows, cols, image_hw) -> None:
+    from lrs_plugin._anyres import pool_tiles, unpad_bounds
+
+    gen = torch.Generator().manual_seed(rows * 7 + cols)
+    g, c = 6, 5
+    base = torch.randn(g * g, c, generator=gen)
+    tiles = torch.randn(rows * cols, g * g, c, generator=gen)
+    newline = torch.randn(c, generator=gen)
+    pooled = _seed_2d_pool(tiles, mode)
+    assert torch.equal(pool_tiles(tiles, mode), pooled)
+    h = w = 3  # pooled side
+    grid = pooled.view(rows, cols, h, w, -1).permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)  # [C, rows*h, cols*w]
+    r, cc = unpad_bounds((rows * h, cols * w), image_hw)
+    grid = grid[:, r, cc]
+    grid = torch.cat([grid, newline[:, None, None].expand(*grid.shape[:-1], 1)], dim=-1)
+    ref = torch.cat([base, grid.flatten(1, 2).transpose(0, 1)])
+    got = pack_anyres(base, tiles, (rows, cols), image_hw, newline, tile_pool=mode)
+    assert torch.equal(got, ref)
+
+
+def test_pool_tiles_rejects_unknown_modes() -> None:
+    from lrs_plugin._anyres import pool_tiles
+
+    with pytest.raises(ConfigError, match="'mean' is not valid; valid: average, max, bilinear"):
+        pool_tiles(torch.zeros(1, 16, 2), "mean")
+
+
+def test_backbone_pools_grid_tiles_when_the_config_says_so(tmp_path) -> None:
+    import json
+
+    from lrs_plugin.tiny import build_tiny_llava
+
+    ckpt = build_tiny_llava(tmp_path / "pooled", arch="llava_next", lm="qwen2")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "anyres_tile_pool": "average"}))
+    bb = Backbone.from_pretrained(ckpt, dtype="float32")
+    assert bb.anyres_tile_pool == "average"
+    image = _image(230, 150)
+    pixel_values, grid = bb.image_crops(image)
+    tiles = bb.encode_tiles(pixel_values)
+    ref = pack_anyres(tiles[0], tiles[1:], grid, (image.height, image.width), bb.image_newline, tile_pool="average")
+    got = bb.plain_vision_embeds(image)
+    torch.testing.assert_close(got, ref.detach().to(got.dtype), atol=0, rtol=0)
+    assert got.shape[0] < pack_anyres(tiles[0], tiles[1:], grid, (image.height, image.width), bb.image_newline).shape[0]
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "anyres_tile_pool": "nearest"}))
+    with pytest.raises(ConfigError, match="anyres_tile_pool='nearest'"):
+        Backbone.from_pretrained(ckpt, dtype="float32")

@@ -121,6 +121,7 @@ def write_original(hf_dir: Path, out: Path, *, family: str) -> Path:
         torch_dtype="float32",
         mm_vision_tower=str(tower_dir),
         mm_vision_select_layer=-2,
+        mm_spatial_pool_mode="bilinear",
         mm_vision_select_feature="patch",
         mm_hidden_size=model.config.vision_config.hidden_size,
         mm_projector_type="mlp2x_gelu_after_distillpruner",
@@ -204,6 +205,21 @@ def test_newline_embedding_rows_and_records(converted, sources, family):
         s = dst.tile_size
         assert dst.config.image_grid_pinpoints == [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [3 * s, s], [s, 3 * s]]
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors", RFM_FILE]
+    assert dst.anyres_tile_pool == "bilinear"  # the fixture's mm_spatial_pool_mode: the seed's 2x2 tile pooling
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("none", None), ("average", "average")])
+def test_spatial_pool_mode_becomes_the_tile_pool(sources, tmp_path, mode, expected):
+    src = tmp_path / "src"
+    shutil.copytree(sources["qwen2"][1], src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "mm_spatial_pool_mode": mode}))
+    bb = Backbone.from_pretrained(convert_original_llava(src, tmp_path / "out"), dtype="float32")
+    assert bb.anyres_tile_pool == expected
+    config["mm_spatial_pool_mode"] = "nearest"
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="mm_spatial_pool_mode='nearest'"):
+        convert_original_llava(src, tmp_path / "out2")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
