@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from lrs_plugin.backbone import Backbone
 
-__all__ = ["PlainReducer", "PlainVision", "answer_plain"]
+__all__ = ["LastImage", "PlainReducer", "PlainVision", "answer_plain"]
 
 
 def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: list[list[int]] | None = None) -> int:
@@ -34,6 +34,33 @@ def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: li
             patch_size=backbone.tile_size,
         )
     )
+
+
+class LastImage:
+    """Keeps ``compute(rgb_image)`` of the last image asked about (the model asks an image's questions in a row).
+
+    Args:
+        compute: Maps the decoded RGB PIL image to what a reducer needs per image (e.g. its vision tokens).
+    """
+
+    def __init__(self, compute: Callable[[Image.Image], Any]) -> None:
+        self.compute = compute
+        self._last: tuple[str, Any] | None = None
+
+    def get(self, image_path: str) -> Any:
+        """``compute`` of the image at ``image_path``, decoded and computed once per image."""
+        if self._last is None or self._last[0] != image_path:
+            from lrs_plugin.imagery import open_lazy
+
+            self._last = None  # release the previous image's result before decoding the next one
+            with open_lazy(image_path) as lazy:
+                image = lazy.convert("RGB")
+            self._last = (image_path, self.compute(image))
+        return self._last[1]
+
+    def clear(self) -> None:
+        """Forget the last image's result."""
+        self._last = None
 
 
 class PlainVision:
@@ -56,28 +83,24 @@ class PlainVision:
         self.backbone = backbone
         self.prepare = prepare
         self.grid_pinpoints = None if grid_pinpoints is None else [[int(h), int(w)] for h, w in grid_pinpoints]
-        self._last: tuple[str, torch.Tensor, int] | None = None  # (path, vision tokens [N, C], tiles)
+        self._cache = LastImage(self._encode)
+
+    def _encode(self, image: Image.Image) -> tuple[torch.Tensor, int]:
+        if self.prepare is not None:
+            image = self.prepare(image)
+        if self.grid_pinpoints is None:
+            vision = self.backbone.plain_vision_embeds(image)
+        else:
+            vision = self.backbone.plain_vision_embeds(image, grid_pinpoints=self.grid_pinpoints)
+        return vision, _num_tiles(self.backbone, image.size, self.grid_pinpoints)
 
     def get(self, image_path: str) -> tuple[torch.Tensor, int]:
         """``(vision tokens [N, C], tiles encoded)`` of the image, decoded and encoded once per image."""
-        if self._last is None or self._last[0] != image_path:
-            from lrs_plugin.imagery import open_lazy
-
-            self._last = None  # release the previous image's tokens before decoding the next one
-            with open_lazy(image_path) as lazy:
-                image = lazy.convert("RGB")
-            if self.prepare is not None:
-                image = self.prepare(image)
-            if self.grid_pinpoints is None:
-                vision = self.backbone.plain_vision_embeds(image)
-            else:
-                vision = self.backbone.plain_vision_embeds(image, grid_pinpoints=self.grid_pinpoints)
-            self._last = (image_path, vision, _num_tiles(self.backbone, image.size, self.grid_pinpoints))
-        return self._last[1], self._last[2]
+        return self._cache.get(image_path)
 
     def clear(self) -> None:
         """Forget the last image's tokens."""
-        self._last = None
+        self._cache.clear()
 
 
 def answer_plain(

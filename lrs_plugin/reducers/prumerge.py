@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers import ReducerOutput, register_reducer
 from lrs_plugin.reducers._tiles import take_options
-from lrs_plugin.reducers.none import answer_plain
+from lrs_plugin.reducers.none import LastImage, answer_plain
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -259,7 +259,7 @@ class PruMergeReducer:
         next_layer_index(backbone.config.vision_feature_layer, len(layers))  # fail at build time, not per sample
         self.backbone = backbone
         self._pinpoints = self.tiles.grid_pinpoints(backbone)
-        self._last: tuple[str, torch.Tensor, int, list[int]] | None = None
+        self._cache = LastImage(self.vision_tokens)
 
     def vision_tokens(self, image: Any) -> tuple[torch.Tensor, int, list[int]]:
         """``(tokens [N, C] sent to the LLM, tiles encoded, tokens per tile)`` for an RGB PIL image.
@@ -293,14 +293,7 @@ class PruMergeReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer with the PruMerge tokens of the image (computed once per image)."""
-        if self._last is None or self._last[0] != image_path:
-            from lrs_plugin.imagery import open_lazy
-
-            self._last = None
-            with open_lazy(image_path) as lazy:
-                image = lazy.convert("RGB")
-            self._last = (image_path, *self.vision_tokens(image))
-        _, vision, tiles, counts = self._last
+        vision, tiles, counts = self._cache.get(image_path)
         out = answer_plain(
             self.backbone,
             vision,
@@ -327,4 +320,4 @@ class PruMergeReducer:
 
     def close(self) -> None:
         """Forget the last image's tokens."""
-        self._last = None
+        self._cache.clear()
