@@ -19,15 +19,13 @@ the model far outside its trained grids and sequence lengths. Nothing here refus
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrs_plugin._anyres import PINPOINT_MODES
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput, register_reducer
-from lrs_plugin.reducers._tiles import take_options
-from lrs_plugin.reducers.none import PlainVision, answer_plain
+from lrs_plugin.reducers import register_reducer
+from lrs_plugin.reducers._tiles import TileLimit, take_options
+from lrs_plugin.reducers.none import PlainVision, PreLLMReducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -36,23 +34,14 @@ __all__ = ["AnyresConfig", "AnyresReducer"]
 
 
 @dataclass(frozen=True)
-class AnyresConfig:
-    """Knobs of the ``anyres`` reducer."""
+class AnyresConfig(TileLimit):
+    """Knobs of the ``anyres`` reducer: exactly the shared anyres-pN limit (``max_tiles``, ``pinpoints``)."""
 
-    max_tiles: int | None = None  # grid tiles allowed (base image not counted); None keeps the checkpoint's; >= 1
-    pinpoints: str = "square"  # "square" (k*k grids, max_tiles a perfect square) or "checkpoint" (capped list)
-
-    def __post_init__(self) -> None:
-        if self.max_tiles is not None and (
-            isinstance(self.max_tiles, bool) or not isinstance(self.max_tiles, int) or self.max_tiles < 1
-        ):
-            raise ConfigError(f"anyres: max_tiles must be an int >= 1 or None; got {self.max_tiles!r}")
-        if self.pinpoints not in PINPOINT_MODES:
-            raise ConfigError(f"anyres: pinpoints={self.pinpoints!r} is not valid; valid: {', '.join(PINPOINT_MODES)}")
+    reducer: str = "anyres"
 
 
 @register_reducer("anyres", stage="pre_llm", archs=("llava_next",))
-class AnyresReducer:
+class AnyresReducer(PreLLMReducer):
     """The stock LLaVA-NeXT model with its anyres grid limited to ``max_tiles`` tiles; every vision token kept.
 
     The vision tokens depend on the image only, so those of the last image are kept (questions come grouped by
@@ -71,28 +60,4 @@ class AnyresReducer:
         # None: the checkpoint's own pinpoints, i.e. the stock path.
         self.grid_pinpoints: list[list[int]] | None = tiles.grid_pinpoints(backbone)
         self.vision = PlainVision(backbone, grid_pinpoints=self.grid_pinpoints)
-
-    def answer(
-        self,
-        image_path: str,
-        question: str,
-        *,
-        doc: Mapping[str, Any],
-        max_new_tokens: int,
-        stop_strings: list[str] | None = None,
-    ) -> ReducerOutput:
-        """Answer with the stock model, its anyres grid limited to ``max_tiles`` tiles."""
-        vision, tiles = self.vision.get(image_path)
-        return answer_plain(
-            self.backbone,
-            vision,
-            tiles,
-            question,
-            max_new_tokens=max_new_tokens,
-            stop_strings=stop_strings,
-            max_tiles=self.config.max_tiles,
-        )
-
-    def close(self) -> None:
-        """Forget the last image's vision tokens."""
-        self.vision.clear()
+        self.max_tiles = tiles.max_tiles

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers import register_reducer
 from lrs_plugin.reducers._tiles import option_int, take_options
-from lrs_plugin.reducers.none import PlainVision, answer_plain
+from lrs_plugin.reducers.none import PlainVision, PreLLMReducer
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,18 +42,19 @@ def downsampled_size(width: int, height: int, max_pixels: int | None) -> tuple[i
 
 
 @register_reducer("downsample", stage="pre_llm")
-class DownsampleReducer:
+class DownsampleReducer(PreLLMReducer):
     """Resize (bicubic) to at most ``max_pixels`` before the processor; every resulting vision token is kept."""
 
     name = "downsample"
     stage = "pre_llm"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        self.tiles, options = take_options(options, "downsample", ("max_pixels",))
+        tiles, options = take_options(options, "downsample", ("max_pixels",))
         mp = options.get("max_pixels")
         self.config = DownsampleConfig(max_pixels=option_int(mp, "max_pixels", "downsample", allow_none=True))
         self.backbone = backbone
-        self.vision = PlainVision(backbone, prepare=self._shrink, grid_pinpoints=self.tiles.grid_pinpoints(backbone))
+        self.vision = PlainVision(backbone, prepare=self._shrink, grid_pinpoints=tiles.grid_pinpoints(backbone))
+        self.max_tiles = tiles.max_tiles
 
     def _shrink(self, image: Image.Image) -> Image.Image:
         """The image resized (bicubic) to at most ``max_pixels`` pixels; unchanged when already small enough."""
@@ -62,28 +62,3 @@ class DownsampleReducer:
 
         size = downsampled_size(*image.size, self.config.max_pixels)
         return image if size == image.size else image.resize(size, PILImage.Resampling.BICUBIC)
-
-    def answer(
-        self,
-        image_path: str,
-        question: str,
-        *,
-        doc: Mapping[str, Any],
-        max_new_tokens: int,
-        stop_strings: list[str] | None = None,
-    ) -> ReducerOutput:
-        """Answer with the stock model on the downsampled image."""
-        vision, tiles = self.vision.get(image_path)
-        return answer_plain(
-            self.backbone,
-            vision,
-            tiles,
-            question,
-            max_new_tokens=max_new_tokens,
-            stop_strings=stop_strings,
-            max_tiles=self.tiles.max_tiles,
-        )
-
-    def close(self) -> None:
-        """Forget the last image's vision tokens."""
-        self.vision.clear()

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from lrs_plugin.backbone import Backbone
 
-__all__ = ["LastImage", "PlainReducer", "PlainVision", "answer_plain"]
+__all__ = ["LastImage", "PlainReducer", "PlainVision", "PreLLMReducer", "answer_plain"]
 
 
 def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: list[list[int]] | None = None) -> int:
@@ -134,8 +134,54 @@ def answer_plain(
     return ReducerOutput(text=out.text, stats=stats)
 
 
+class PreLLMReducer:
+    """``answer`` / ``close`` shared by the reducers that send one vision sequence per image to the LLM.
+
+    Subclasses set :attr:`backbone`, :attr:`vision` (a :class:`PlainVision`, or a :class:`LastImage` whose ``get``
+    returns ``(tokens [N, C], tiles, ...)``) and :attr:`max_tiles`; they override :meth:`vision_for` to change the
+    cached tokens per question or to add stats.
+    """
+
+    stage = "pre_llm"
+    backbone: Backbone
+    vision: PlainVision | LastImage
+    max_tiles: int | None = None
+
+    def vision_for(self, image_path: str) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """``(tokens [N, C] sent to the LLM, tiles encoded, extra stats)`` for the image at ``image_path``."""
+        vision, tiles = self.vision.get(image_path)
+        return vision, tiles, {}
+
+    def answer(
+        self,
+        image_path: str,
+        question: str,
+        *,
+        doc: Mapping[str, Any],
+        max_new_tokens: int,
+        stop_strings: list[str] | None = None,
+    ) -> ReducerOutput:
+        """Answer with the tokens of :meth:`vision_for`; its extra stats join the standard ones."""
+        vision, tiles, extra = self.vision_for(image_path)
+        out = answer_plain(
+            self.backbone,
+            vision,
+            tiles,
+            question,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            max_tiles=self.max_tiles,
+        )
+        out.stats.update(extra)
+        return out
+
+    def close(self) -> None:
+        """Forget the last image's vision tokens."""
+        self.vision.clear()
+
+
 @register_reducer("none", stage="pre_llm")
-class PlainReducer:
+class PlainReducer(PreLLMReducer):
     """The stock model: the processor's own image preprocessing, every vision token sent to the LLM.
 
     The whole image is decoded (the processor needs it); on huge images this is the costly baseline by design. The
@@ -151,22 +197,3 @@ class PlainReducer:
             raise ConfigError(f"reducer 'none' takes no options; got {sorted(options)}")
         self.backbone = backbone
         self.vision = PlainVision(backbone)
-
-    def answer(
-        self,
-        image_path: str,
-        question: str,
-        *,
-        doc: Mapping[str, Any],
-        max_new_tokens: int,
-        stop_strings: list[str] | None = None,
-    ) -> ReducerOutput:
-        """Answer with the plain backbone."""
-        vision, tiles = self.vision.get(image_path)
-        return answer_plain(
-            self.backbone, vision, tiles, question, max_new_tokens=max_new_tokens, stop_strings=stop_strings
-        )
-
-    def close(self) -> None:
-        """Forget the last image's vision tokens."""
-        self.vision.clear()

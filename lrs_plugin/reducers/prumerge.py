@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers import register_reducer
 from lrs_plugin.reducers._tiles import take_options
-from lrs_plugin.reducers.none import LastImage, answer_plain
+from lrs_plugin.reducers.none import LastImage, PreLLMReducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -244,7 +244,7 @@ def prumerge_tile(
 
 
 @register_reducer("prumerge", stage="pre_llm")
-class PruMergeReducer:
+class PruMergeReducer(PreLLMReducer):
     """PruMerge / PruMerge+ on every vision tile, before the LLM (see the module docstring for method and layout)."""
 
     name = "prumerge"
@@ -253,13 +253,14 @@ class PruMergeReducer:
     def __init__(self, backbone: Backbone, **options: Any) -> None:
         from lrs_plugin._vision_probe import encoder_layers, next_layer_index
 
-        self.tiles, options = take_options(options, "prumerge", ("variant", "adaptive", "reduction_ratio"))
+        tiles, options = take_options(options, "prumerge", ("variant", "adaptive", "reduction_ratio"))
         self.config = PruMergeConfig.from_options(options)
         layers = encoder_layers(backbone.model.model.vision_tower)
         next_layer_index(backbone.config.vision_feature_layer, len(layers))  # fail at build time, not per sample
         self.backbone = backbone
-        self._pinpoints = self.tiles.grid_pinpoints(backbone)
-        self._cache = LastImage(self.vision_tokens)
+        self.max_tiles = tiles.max_tiles
+        self._pinpoints = tiles.grid_pinpoints(backbone)
+        self.vision = LastImage(self.vision_tokens)
 
     def vision_tokens(self, image: Any) -> tuple[torch.Tensor, int, list[int]]:
         """``(tokens [N, C] sent to the LLM, tiles encoded, tokens per tile)`` for an RGB PIL image.
@@ -283,41 +284,22 @@ class PruMergeReducer:
         embed_dtype = bb.language_model.get_input_embeddings().weight.dtype
         return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0]), counts
 
-    def answer(
-        self,
-        image_path: str,
-        question: str,
-        *,
-        doc: Mapping[str, Any],
-        max_new_tokens: int,
-        stop_strings: list[str] | None = None,
-    ) -> ReducerOutput:
-        """Answer with the PruMerge tokens of the image (computed once per image)."""
-        vision, tiles, counts = self._cache.get(image_path)
-        out = answer_plain(
-            self.backbone,
-            vision,
-            tiles,
-            question,
-            max_new_tokens=max_new_tokens,
-            stop_strings=stop_strings,
-            max_tiles=self.tiles.max_tiles,
-        )
-        out.stats["projector_tokens"] = int(vision.shape[0])  # only the kept tokens go through the projector
-        out.stats["prumerge"] = {
-            "variant": self.config.variant,
-            "adaptive": self.config.adaptive,
-            "reduction_ratio": self.config.reduction_ratio,
-            "max_tiles": self.tiles.max_tiles,
-            # Tokens per tile sent to the LLM: kept patches (+ uniform samples) + the pruned-summary token.
-            "tokens_per_tile": {
-                "min": min(counts),
-                "mean": round(sum(counts) / len(counts), 3),
-                "max": max(counts),
+    def vision_for(self, image_path: str) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """The PruMerge tokens of the image (computed once per image) and the method's stats."""
+        vision, tiles, counts = self.vision.get(image_path)
+        extra = {
+            "projector_tokens": int(vision.shape[0]),  # only the kept tokens go through the projector
+            "prumerge": {
+                "variant": self.config.variant,
+                "adaptive": self.config.adaptive,
+                "reduction_ratio": self.config.reduction_ratio,
+                "max_tiles": self.max_tiles,
+                # Tokens per tile sent to the LLM: kept patches (+ uniform samples) + the pruned-summary token.
+                "tokens_per_tile": {
+                    "min": min(counts),
+                    "mean": round(sum(counts) / len(counts), 3),
+                    "max": max(counts),
+                },
             },
         }
-        return out
-
-    def close(self) -> None:
-        """Forget the last image's tokens."""
-        self._cache.clear()
+        return vision, tiles, extra

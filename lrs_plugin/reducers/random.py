@@ -9,16 +9,15 @@ say ``budget_met: False``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers import register_reducer
 from lrs_plugin.reducers._tiles import option_int, take_options
-from lrs_plugin.reducers.none import PlainVision, answer_plain
+from lrs_plugin.reducers.none import PlainVision, PreLLMReducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -90,14 +89,14 @@ def random_keep(
 
 
 @register_reducer("random", stage="pre_llm")
-class RandomReducer:
+class RandomReducer(PreLLMReducer):
     """Seeded random token dropping after the stock preprocessing; the budget counts ``image_newline`` tokens."""
 
     name = "random"
     stage = "pre_llm"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        self.tiles, options = take_options(options, "random", ("budget", "seed", "newlines"))
+        tiles, options = take_options(options, "random", ("budget", "seed", "newlines"))
         budget = options.get("budget")
         self.config = RandomConfig(
             budget=option_int(budget, "budget", "random", allow_none=True),
@@ -105,18 +104,11 @@ class RandomReducer:
             newlines=str(options.get("newlines", "rankable")),
         )
         self.backbone = backbone
-        self.vision = PlainVision(backbone, grid_pinpoints=self.tiles.grid_pinpoints(backbone))
+        self.vision = PlainVision(backbone, grid_pinpoints=tiles.grid_pinpoints(backbone))
+        self.max_tiles = tiles.max_tiles
 
-    def answer(
-        self,
-        image_path: str,
-        question: str,
-        *,
-        doc: Mapping[str, Any],
-        max_new_tokens: int,
-        stop_strings: list[str] | None = None,
-    ) -> ReducerOutput:
-        """Answer with a random subset of the plain vision tokens."""
+    def vision_for(self, image_path: str) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """A seeded random subset of the plain vision tokens, and whether the budget was met."""
         vision, tiles = self.vision.get(image_path)
         budget_met = True
         if self.config.budget is not None:
@@ -130,18 +122,4 @@ class RandomReducer:
                 vision, is_newline, self.config.budget, generator=gen, newlines=self.config.newlines
             )
             budget_met = int(vision.shape[0]) <= self.config.budget
-        out = answer_plain(
-            self.backbone,
-            vision,
-            tiles,
-            question,
-            max_new_tokens=max_new_tokens,
-            stop_strings=stop_strings,
-            max_tiles=self.tiles.max_tiles,
-        )
-        out.stats["budget_met"] = budget_met
-        return out
-
-    def close(self) -> None:
-        """Forget the last image's vision tokens."""
-        self.vision.clear()
+        return vision, tiles, {"budget_met": budget_met}

@@ -24,16 +24,15 @@ exceeds a tile's tokens it is clipped (all patches kept, no contextual tokens).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers import register_reducer
 from lrs_plugin.reducers._tiles import option_int, take_options
-from lrs_plugin.reducers.none import LastImage, answer_plain
+from lrs_plugin.reducers.none import LastImage, PreLLMReducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -138,7 +137,7 @@ def visionzip_next_layout(
 
 
 @register_reducer("visionzip", stage="pre_llm")
-class VisionZipReducer:
+class VisionZipReducer(PreLLMReducer):
     """VisionZip on every vision tile, before the LLM (see the module docstring for the method and layout)."""
 
     name = "visionzip"
@@ -147,7 +146,7 @@ class VisionZipReducer:
     def __init__(self, backbone: Backbone, **options: Any) -> None:
         from lrs_plugin._vision_probe import encoder_layers, feature_layer_index
 
-        self.tiles, options = take_options(options, "visionzip", ("dominant", "contextual"))
+        tiles, options = take_options(options, "visionzip", ("dominant", "contextual"))
         self.config = VisionZipConfig(
             dominant=option_int(options.get("dominant", 54), "dominant", "visionzip"),
             contextual=option_int(options.get("contextual", 10), "contextual", "visionzip"),
@@ -155,8 +154,9 @@ class VisionZipReducer:
         layers = encoder_layers(backbone.model.model.vision_tower)
         feature_layer_index(backbone.config.vision_feature_layer, len(layers))  # fail at build time, not per sample
         self.backbone = backbone
-        self._pinpoints = self.tiles.grid_pinpoints(backbone)
-        self._cache = LastImage(self.vision_tokens)
+        self.max_tiles = tiles.max_tiles
+        self._pinpoints = tiles.grid_pinpoints(backbone)
+        self.vision = LastImage(self.vision_tokens)
 
     def vision_tokens(self, image: Any) -> tuple[torch.Tensor, int]:
         """``(tokens [N, C] sent to the LLM, tiles encoded)`` for an RGB PIL image."""
@@ -182,34 +182,15 @@ class VisionZipReducer:
         embed_dtype = bb.language_model.get_input_embeddings().weight.dtype
         return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0])
 
-    def answer(
-        self,
-        image_path: str,
-        question: str,
-        *,
-        doc: Mapping[str, Any],
-        max_new_tokens: int,
-        stop_strings: list[str] | None = None,
-    ) -> ReducerOutput:
-        """Answer with the VisionZip tokens of the image (computed once per image)."""
-        vision, tiles = self._cache.get(image_path)
-        out = answer_plain(
-            self.backbone,
-            vision,
-            tiles,
-            question,
-            max_new_tokens=max_new_tokens,
-            stop_strings=stop_strings,
-            max_tiles=self.tiles.max_tiles,
-        )
-        out.stats["projector_tokens"] = int(vision.shape[0])  # only the kept tokens go through the projector
-        out.stats["visionzip"] = {
-            "dominant": self.config.dominant,
-            "contextual": self.config.contextual,
-            "max_tiles": self.tiles.max_tiles,
+    def vision_for(self, image_path: str) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """The VisionZip tokens of the image (computed once per image) and the method's stats."""
+        vision, tiles = self.vision.get(image_path)
+        extra = {
+            "projector_tokens": int(vision.shape[0]),  # only the kept tokens go through the projector
+            "visionzip": {
+                "dominant": self.config.dominant,
+                "contextual": self.config.contextual,
+                "max_tiles": self.max_tiles,
+            },
         }
-        return out
-
-    def close(self) -> None:
-        """Forget the last image's tokens."""
-        self._cache.clear()
+        return vision, tiles, extra
