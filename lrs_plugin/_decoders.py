@@ -12,7 +12,15 @@ Normalisation to 8-bit RGB (one rule for every decoder, so a file gives the same
   Pillow's ``convert('RGB')`` does.
 * **Palette** images take their palette colours (transparency ignored). Other colour spaces (CMYK, YCbCr, LAB...)
   are converted by Pillow's ``convert('RGB')``.
-* Signed, 32-bit and floating-point samples are refused with :class:`~lrs_plugin.errors.ImageReadError`.
+* **Floating point** samples (float16/32/64, e.g. reflectance) map ``round(clip(v, 0, 1) * 255)``, NaN -> 0: a fixed
+  scale for the same reason as 16-bit.
+* Signed integers, 32/64-bit unsigned integers and anything else are refused with
+  :class:`~lrs_plugin.errors.ImageReadError` naming the sample type.
+
+The rule is :func:`to_rgb8` (arrays) and :func:`pil_to_rgb8` (Pillow images, mode by mode onto :func:`to_rgb8`), and
+it is applied to every source: files through any decoder, in-memory PIL images and numpy arrays, so a method that
+runs the stock processor on the whole image and C2F reading windows see the same pixels. JPEG and every format other
+than PNG and TIFF are decoded by Pillow, the library lmms-eval's own models read with.
 
 Stores (see :mod:`lrs_plugin._pixel_sources`), chosen by ``backend``:
 
@@ -44,7 +52,18 @@ import numpy as np
 from lrs_plugin._pixel_sources import ArraySource, RawFileSource
 from lrs_plugin.errors import ImageReadError, LrsPluginError, MissingDependencyError
 
-__all__ = ["BACKENDS", "RAM_LIMIT_PIXELS", "is_tiff", "tiff_size", "import_pyvips", "open_pixels"]
+__all__ = [
+    "BACKENDS",
+    "RAM_LIMIT_PIXELS",
+    "SUPPORTED_SAMPLES",
+    "is_png",
+    "is_tiff",
+    "tiff_size",
+    "import_pyvips",
+    "open_pixels",
+    "pil_to_rgb8",
+    "to_rgb8",
+]
 
 BACKENDS = ("auto", "memory", "scratch")
 
@@ -89,14 +108,27 @@ def import_pyvips(required: bool) -> Any:
     return pyvips
 
 
-def to_rgb8(pixels: np.ndarray, path: Path) -> np.ndarray:
-    """Apply the normalisation rule to decoded samples ``[H, W]`` or ``[H, W, S]``; returns uint8 ``[H, W, 3]``."""
+SUPPORTED_SAMPLES = "uint8, uint16, 1-bit (bool) or floating point"
+
+
+def to_rgb8(pixels: np.ndarray, path: Path | str) -> np.ndarray:
+    """Apply the normalisation rule to decoded samples ``[H, W]`` or ``[H, W, S]``; returns uint8 ``[H, W, 3]``.
+
+    Raises:
+        ImageReadError: an unsupported sample type or array shape (names ``path`` and the valid ones).
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] < 1) or 0 in pixels.shape[:2]:
+        raise ImageReadError(f"image {str(path)!r} has shape {list(pixels.shape)}; expected [H, W] or [H, W, bands]")
     if pixels.dtype == np.bool_:
         pixels = pixels.astype(np.uint8) * np.uint8(255)
     elif pixels.dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
+    elif pixels.dtype.kind == "f":
+        scaled = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        pixels = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
     elif pixels.dtype != np.uint8:
-        raise ImageReadError(f"unsupported sample type {pixels.dtype} in {str(path)!r} (uint8, uint16 or 1-bit)")
+        raise ImageReadError(f"unsupported sample type {pixels.dtype} in {str(path)!r}; supported: {SUPPORTED_SAMPLES}")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.shape[2] < 3:
@@ -141,33 +173,49 @@ def _decode_tifffile(path: Path) -> np.ndarray:
     return to_rgb8(data, path)
 
 
-_PILLOW_DIRECT = {"RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N"}
+_PILLOW_DIRECT = {"RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def pil_to_rgb8(image: Any, name: Path | str) -> np.ndarray:
+    """The normalisation rule on a loaded Pillow image: uint8 ``[H, W, 3]``.
+
+    Copied strip by strip so that only Pillow's buffer and ours coexist (~7 B/px at peak). Mode ``F`` (float32) takes
+    the float rule, ``I;16*`` the 16-bit rule, ``1`` the 1-bit rule; palette, CMYK, YCbCr, LAB... go through
+    Pillow's ``convert("RGB")``; 32-bit integer modes are refused.
+
+    Raises:
+        ImageReadError: a mode with 32-bit integer samples.
+    """
+    if image.mode in ("I", "I;32", "I;32L", "I;32B"):
+        raise ImageReadError(
+            f"unsupported sample type int32 (Pillow mode {image.mode!r}) in {str(name)!r}; "
+            f"supported: {SUPPORTED_SAMPLES}"
+        )
+    width, height = image.size
+    out = np.empty((height, width, 3), np.uint8)
+    step = max(1, 2**24 // max(width, 1))
+    for y in range(0, height, step):
+        strip = image.crop((0, y, width, min(y + step, height)))
+        if strip.mode == "1":
+            strip = strip.convert("L")
+        elif strip.mode not in _PILLOW_DIRECT:  # palette, CMYK, YCbCr, LAB, ...
+            strip = strip.convert("RGB")
+        pixels = np.asarray(strip)
+        if pixels.dtype.byteorder not in ("=", "|"):
+            pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+        out[y : y + strip.height] = to_rgb8(pixels, name)
+    return out
 
 
 def _decode_pillow(path: Path) -> np.ndarray:
-    """Decode with Pillow, copying strip by strip so that only Pillow's buffer and ours coexist (~7 B/px at peak)."""
+    """Decode with Pillow (bomb limit and truncation check scoped to the call) and apply the rule."""
     from PIL import Image
 
     from lrs_plugin.imagery import pillow_pixel_limit
 
     with pillow_pixel_limit(), Image.open(path) as image:
         image.load()
-        if image.mode in ("I", "F", "I;32"):
-            raise ImageReadError(f"unsupported pixel mode {image.mode!r} in {str(path)!r} (8/16-bit or 1-bit)")
-        width, height = image.size
-        out = np.empty((height, width, 3), np.uint8)
-        step = max(1, 2**24 // max(width, 1))
-        for y in range(0, height, step):
-            strip = image.crop((0, y, width, min(y + step, height)))
-            if strip.mode == "1":
-                strip = strip.convert("L")
-            elif strip.mode not in _PILLOW_DIRECT:  # palette, CMYK, YCbCr, LAB, ...
-                strip = strip.convert("RGB")
-            pixels = np.asarray(strip)
-            if pixels.dtype.byteorder not in ("=", "|"):
-                pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-            out[y : y + strip.height] = to_rgb8(pixels, path)
-    return out
+        return pil_to_rgb8(image, path)
 
 
 def _vips_rgb8(image: Any) -> Any:
@@ -212,8 +260,14 @@ def _vips_scratch(path: Path, size: tuple[int, int], scratch_dir: str | Path | N
         raise
 
 
+def is_png(path: Path) -> bool:
+    """Whether the file starts with the PNG signature."""
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def _decode_memory(path: Path, tiff_plain: bool, use_pyvips: bool) -> ArraySource:
-    if use_pyvips:
+    if use_pyvips and is_png(path):  # lossless: libvips and Pillow agree; anything else goes to Pillow
         pyvips = import_pyvips(required=False)
         if pyvips is not None:
             try:

@@ -564,8 +564,32 @@ class Backbone:
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
 
+    def text_prompt_ids(self, question: str) -> torch.Tensor:
+        """Token ids of the prompt for a request without an image, built as ``llava_hf`` builds it for text-only docs.
+
+        The same chat template as :meth:`build_prompt`, with no ``<image>`` line added; a placeholder written in the
+        question itself is removed (there is no image to put there).
+
+        Args:
+            question: The question text.
+
+        Returns:
+            ``[L]`` LongTensor on the CPU, with no image token.
+        """
+        import torch
+
+        context = question.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, "")
+        template = self.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": context}], chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(text, return_tensors="pt")["input_ids"][0].to(torch.long)
+
     def split_prompt(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize the prompt of :meth:`build_prompt` and split it at the image placeholder.
+        """Tokenize the prompt of :meth:`build_prompt` in two chunks around the image placeholder.
+
+        The released runners' rule (:mod:`lrs_plugin._tokenize`): equal to tokenizing the whole prompt on byte-level
+        BPE tokenizers, and the ids the released model saw on SentencePiece ones whatever their ``legacy`` setting.
 
         Args:
             question: The question text (at most one ``<image>``).
@@ -580,12 +604,10 @@ class Backbone:
         """
         import torch
 
-        ids = self.tokenizer(self.build_prompt(question), return_tensors="pt")["input_ids"][0]
-        where = (ids == self.config.image_token_id).nonzero().flatten()
-        if where.numel() != 1:
-            raise ConfigError(f"the prompt must hold exactly one {IMAGE_TOKEN}; found {where.numel()}")
-        i = int(where[0])
-        return ids[:i].to(torch.long), ids[i + 1 :].to(torch.long)
+        from lrs_plugin._tokenize import chunked_image_ids
+
+        prefix, suffix = chunked_image_ids(self.tokenizer, self.build_prompt(question), IMAGE_TOKEN)
+        return torch.tensor(prefix, dtype=torch.long), torch.tensor(suffix, dtype=torch.long)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings of the language model.

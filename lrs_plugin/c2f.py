@@ -310,7 +310,8 @@ def run_c2f(
         The answer, the LLM input length and the per-level / total statistics.
 
     Raises:
-        ConfigError: an image too small for the pyramid, or a ``token_budget`` below this image's fixed cost.
+        ConfigError: an aspect ratio too extreme for the pyramid, or a ``token_budget`` below this image's fixed
+            cost.
 
     """
     from lrs_plugin._c2f_grid import select_tiles
@@ -318,6 +319,8 @@ def run_c2f(
     cfg = config or C2FConfig()
     session = _Session(backbone, image, question, cfg)
     path = zoom_path(session.pyramid, cfg.num_zoom_steps)
+    if len(session.pyramid.levels) == 1 and session.pyramid.levels[0].num_tiles == 1:
+        path = path[:1]  # one tile (an image under one tile side): nothing to zoom into, as in the released slice mode
     passes: list[dict[str, Any]] = []
     levels: list[dict[str, Any]] = []
     grid = session.grid(0, _all_tiles(session, 0), zoomed=False)

@@ -18,6 +18,8 @@ __all__ = [
     "ArchiveCorruptError",
     "UnsafeArchiveError",
     "ImageReadError",
+    "ImageTooLargeError",
+    "MultipleImagesError",
     "WordNetUnavailableError",
     "ScoringInputError",
     "MissingDependencyError",
@@ -59,6 +61,14 @@ class UnsafeArchiveError(LrsPluginError):
 
 class ImageReadError(LrsPluginError, OSError):
     """An image file is missing, truncated or not decodable. The message names the path."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image's header claims more pixels than the reader's limit (names the size, the pixel count and the limit)."""
+
+
+class MultipleImagesError(ImageReadError):
+    """A request holds more images than the method answers about (names the count)."""
 
 
 class WordNetUnavailableError(LrsPluginError, LookupError):

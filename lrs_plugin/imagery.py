@@ -13,6 +13,8 @@ palette, 1-bit) and the choice of backend are documented in :mod:`lrs_plugin._de
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -22,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from lrs_plugin._decoders import BACKENDS, RAM_LIMIT_PIXELS, is_tiff, open_pixels, tiff_size
+from lrs_plugin._decoders import BACKENDS, RAM_LIMIT_PIXELS, is_tiff, open_pixels, pil_to_rgb8, tiff_size, to_rgb8
+from lrs_plugin._pixel_sources import ArraySource
 from lrs_plugin._resample import resample_area, resample_bilinear
-from lrs_plugin.errors import ConfigError, ImageReadError
+from lrs_plugin.errors import ConfigError, ImageReadError, ImageTooLargeError, MultipleImagesError
 
 __all__ = [
     "MAX_PIXELS",
@@ -33,7 +36,9 @@ __all__ = [
     "RESAMPLE_MODES",
     "pillow_pixel_limit",
     "open_lazy",
+    "open_image",
     "image_size",
+    "check_pixel_limit",
     "LargeImage",
     "ImageCache",
 ]
@@ -43,6 +48,25 @@ __all__ = [
 MAX_PIXELS = 2_000_000_000
 
 _LIMIT_LOCK = threading.RLock()
+_MEMORY_IDS = itertools.count()
+
+
+def check_pixel_limit(size: tuple[int, int], name: str, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Refuse an image of ``size = (W, H)`` above ``max_pixels`` (``None``: no limit), before anything is decoded.
+
+    This is the one limit of every reader here: it is applied to the header's size, whatever the format (TIFF and
+    BigTIFF through tifffile, everything else through Pillow's header parser), so Pillow's own bomb check, which only
+    raises at twice its limit, is never the only guard.
+
+    Raises:
+        ImageTooLargeError: names the image, its size, its pixel count and the limit.
+    """
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image {name!r} is {width} x {height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
+            "(lrs_plugin.imagery.MAX_PIXELS; pass max_pixels= to raise it)"
+        )
 
 
 @contextlib.contextmanager
@@ -96,16 +120,27 @@ def open_lazy(path: str | Path):
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """Return ``(width, height)`` of an image from its header, without decoding pixels.
+    """Return ``(width, height)`` of an image from its header, without decoding pixels (and without a size limit).
 
     Raises:
         ImageReadError: The file is missing or unreadable.
     """
-    image = open_lazy(path)
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image file not found: {str(path)!r}")
     try:
-        return image.size
-    finally:
-        image.close()
+        if is_tiff(path):
+            return tiff_size(path)
+        with pillow_pixel_limit(None), Image.open(path) as image:
+            return image.size
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image header of {str(path)!r}: {exc}") from exc
+    except Exception as exc:  # tifffile header errors
+        raise ImageReadError(f"cannot read image header of {str(path)!r}: {exc}") from exc
 
 
 #: ``read_region`` filters: ``"bilinear"`` reproduces ``F.interpolate(mode="bilinear", align_corners=False)`` without
@@ -115,13 +150,16 @@ RESAMPLE_MODES = ("bilinear", "area")
 
 
 class LargeImage:
-    """One image file, decoded once, read as exact windows of arbitrary resizes.
+    """One image, decoded once, read as exact windows of arbitrary resizes: the one reader of every method.
 
-    The header is read at construction (``size`` costs no decode); the pixels are decoded on the first read (or by
-    :meth:`load`) into the store chosen by ``backend`` and kept until :meth:`close`. Use as a context manager.
+    Over a file (the constructor) the header is read at construction (``size`` costs no decode; the pixel limit is
+    checked on it) and the pixels are decoded on the first read (or by :meth:`load`) into the store chosen by
+    ``backend``, then kept until :meth:`close`. Over an in-memory image (:meth:`from_array`, :meth:`from_pil`, or
+    :func:`open_image` for whatever a task's ``doc_to_visual`` returns) the pixels are normalised at once by the same
+    8-bit rule (:mod:`lrs_plugin._decoders`). Use as a context manager.
 
     Args:
-        path: Image file (PNG, TIFF, or anything Pillow opens).
+        path: Image file (PNG, TIFF, JPEG, or anything Pillow opens).
         backend: ``"auto"``, ``"memory"`` or ``"scratch"`` (see :mod:`lrs_plugin._decoders`).
         ram_limit_pixels: With ``backend="auto"``, larger images go to a pyvips scratch file when pyvips is installed.
         scratch_dir: Parent of the temporary scratch directory (default: the system temp dir). Needs ``3 * W * H``
@@ -129,9 +167,11 @@ class LargeImage:
         region_cache_bytes: Results of :meth:`read_region` kept (LRU, float32 bytes) and returned as copies when the
             same region is asked again: every question on an image renders the same thumbnail and base level. 0
             disables it.
+        max_pixels: The pixel limit checked on the header (:func:`check_pixel_limit`); ``None`` disables it.
 
     Raises:
         ImageReadError: The file is missing or its header is unreadable.
+        ImageTooLargeError: The header claims more than ``max_pixels`` pixels.
         ConfigError: Unknown ``backend``.
     """
 
@@ -143,23 +183,118 @@ class LargeImage:
         ram_limit_pixels: int = RAM_LIMIT_PIXELS,
         scratch_dir: str | Path | None = None,
         region_cache_bytes: int = 64 * 2**20,
+        max_pixels: int | None = MAX_PIXELS,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown image backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.path = Path(path)
+        self.path: Path | None = Path(path)
         self._backend, self._ram_limit, self._scratch_dir = backend, ram_limit_pixels, scratch_dir
         self._source: Any = None
         self._closed = False
         self._memo: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
         self._memo_limit, self._memo_bytes = region_cache_bytes, 0
-        if not self.path.is_file():
-            raise ImageReadError(f"image file not found: {str(self.path)!r}")
+        self._size = image_size(self.path)
+        self._name = str(self.path)
+        check_pixel_limit(self._size, self._name, max_pixels)
+        stat = self.path.stat()
+        self._key: tuple[Any, ...] = ("file", str(self.path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+    @classmethod
+    def from_array(
+        cls,
+        pixels: np.ndarray,
+        *,
+        name: str | None = None,
+        region_cache_bytes: int = 64 * 2**20,
+        max_pixels: int | None = MAX_PIXELS,
+    ) -> LargeImage:
+        """An in-memory image from samples ``[H, W]`` or ``[H, W, bands]``, normalised by the 8-bit rule.
+
+        Args:
+            pixels: Any supported sample type (uint8, uint16, bool, float); see :mod:`lrs_plugin._decoders`.
+            name: Used in messages (default ``"<memory image WxH>"``).
+            region_cache_bytes: As for the constructor.
+            max_pixels: The pixel limit (checked before the conversion).
+
+        Raises:
+            ImageReadError: unsupported sample type or shape.
+            ImageTooLargeError: more than ``max_pixels`` pixels.
+        """
+        array = np.asarray(pixels)
+        size = (int(array.shape[1]), int(array.shape[0])) if array.ndim >= 2 else (0, 0)
+        label = name or f"<memory image {size[0]}x{size[1]}>"
+        check_pixel_limit(size, label, max_pixels)
+        return cls._in_memory(to_rgb8(array, label), label, region_cache_bytes)
+
+    @classmethod
+    def from_pil(
+        cls,
+        image: Any,
+        *,
+        name: str | None = None,
+        region_cache_bytes: int = 64 * 2**20,
+        max_pixels: int | None = MAX_PIXELS,
+    ) -> LargeImage:
+        """An in-memory image from a PIL image, decoded (if still lazy) inside :func:`pillow_pixel_limit`.
+
+        A lazy image opened elsewhere is loaded with truncated files refused (lmms-eval allows them process-wide).
+
+        Raises:
+            ImageReadError: truncated or undecodable pixels, or an unsupported mode (names the image).
+            ImageTooLargeError: more than ``max_pixels`` pixels.
+        """
+        label = name or getattr(image, "filename", "") or f"<memory image {image.size[0]}x{image.size[1]}>"
+        check_pixel_limit(tuple(image.size), label, max_pixels)
         try:
-            self._size = tiff_size(self.path) if is_tiff(self.path) else image_size(self.path)
+            with pillow_pixel_limit(None):
+                image.load()
+                pixels = pil_to_rgb8(image, label)
         except ImageReadError:
             raise
-        except Exception as exc:  # tifffile header errors
-            raise ImageReadError(f"cannot read image header of {str(self.path)!r}: {exc}") from exc
+        except Exception as exc:  # truncated data, decoder errors
+            raise ImageReadError(f"cannot decode image {label!r}: {type(exc).__name__}: {exc}") from exc
+        return cls._in_memory(pixels, label, region_cache_bytes)
+
+    @classmethod
+    def _in_memory(cls, rgb: np.ndarray, name: str, region_cache_bytes: int) -> LargeImage:
+        self = cls.__new__(cls)
+        self.path = None
+        self._backend, self._ram_limit, self._scratch_dir = "memory", RAM_LIMIT_PIXELS, None
+        self._source = ArraySource(rgb, "array")
+        self._closed = False
+        self._memo = OrderedDict()
+        self._memo_limit, self._memo_bytes = region_cache_bytes, 0
+        self._size = (int(rgb.shape[1]), int(rgb.shape[0]))
+        self._name = name
+        self._key = ("memory", next(_MEMORY_IDS))
+        return self
+
+    @property
+    def name(self) -> str:
+        """The file path, or the in-memory image's name (used in messages)."""
+        return self._name
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Identity for caches: ``("file", resolved path, mtime_ns, size)`` or ``("memory", unique id)``."""
+        return self._key
+
+    def rgb8(self) -> np.ndarray:
+        """The whole image, uint8 ``[H, W, 3]`` (the pixels every window is resampled from; decodes if needed)."""
+        source = self.load()._source
+        if isinstance(source, ArraySource):
+            return source.pixels
+        width, height = self._size
+        try:
+            return source.gather(np.arange(height), np.arange(width))
+        except OSError as exc:
+            raise ImageReadError(f"cannot read pixels of {self._name!r}: {exc}") from exc
+
+    def to_pil(self) -> Any:
+        """The whole image as an RGB ``PIL.Image.Image`` (for methods that run the stock processor on it)."""
+        from PIL import Image
+
+        return Image.fromarray(np.ascontiguousarray(self.rgb8()), "RGB")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -190,7 +325,7 @@ class LargeImage:
             ImageReadError: Truncated or undecodable file (the message names the path).
         """
         if self._closed:
-            raise ValueError(f"LargeImage {str(self.path)!r} is closed")
+            raise ValueError(f"LargeImage {self._name!r} is closed")
         if self._source is None:
             self._source = open_pixels(
                 self.path,
@@ -245,7 +380,7 @@ class LargeImage:
         try:
             out = resampler(source.gather, (x0, y0, x1, y1), (w, h), self._size)
         except OSError as exc:
-            raise ImageReadError(f"cannot read pixels of {str(self.path)!r}: {exc}") from exc
+            raise ImageReadError(f"cannot read pixels of {self._name!r}: {exc}") from exc
         if out.nbytes <= self._memo_limit:
             self._memo[key] = out.copy()
             self._memo_bytes += out.nbytes
@@ -283,7 +418,7 @@ class LargeImage:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else (self.backend or "not loaded")
-        return f"LargeImage({str(self.path)!r}, size={self._size}, {state})"
+        return f"LargeImage({self._name!r}, size={self._size}, {state})"
 
 
 class ImageCache:
@@ -337,3 +472,63 @@ class ImageCache:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close_all()
+
+
+def _file_behind(visual: Any) -> Path | None:
+    """The file a Pillow image was opened from, when it still stands for that file's pixels.
+
+    That is an image returned by ``PIL.Image.open`` (or :func:`open_lazy`): an ``ImageFile`` with a ``filename`` of an
+    existing file (loaded or not: its pixels are read again through our decoders, with truncation refused). An image
+    derived from it (``convert``, ``crop``, ``resize``...) is a new, in-memory image without a file name.
+    """
+    from PIL import ImageFile
+
+    filename = getattr(visual, "filename", "") if isinstance(visual, ImageFile.ImageFile) else ""
+    if filename and isinstance(filename, (str, os.PathLike)) and Path(filename).is_file():
+        return Path(filename)
+    return None
+
+
+def open_image(visual: Any, **kwargs: Any) -> LargeImage:
+    """A :class:`LargeImage` over whatever a task's ``doc_to_visual`` returned for one image.
+
+    Accepted:
+
+    * a path (``str`` / ``os.PathLike``): the file, header only (nothing is decoded to learn the size);
+    * a PIL image opened from a file (lazy or loaded, see :func:`_file_behind`): that file, read by our decoders;
+    * any other PIL image (e.g. decoded by ``datasets``): :meth:`LargeImage.from_pil`;
+    * a numpy array ``[H, W]`` / ``[H, W, bands]``: :meth:`LargeImage.from_array`;
+    * a list or tuple holding exactly one of these.
+
+    Args:
+        visual: The visual.
+        **kwargs: Passed to the constructor for files (``backend``, ``max_pixels``...); ``max_pixels`` and
+            ``region_cache_bytes`` also apply to in-memory images.
+
+    Raises:
+        MultipleImagesError: a list of several images (names the count).
+        ImageReadError: an empty list, an unsupported type (names it and the accepted ones), or an unreadable image.
+        ImageTooLargeError: the image is above the pixel limit.
+    """
+    from PIL import Image
+
+    if isinstance(visual, (list, tuple)):
+        if len(visual) > 1:
+            raise MultipleImagesError(f"{len(visual)} images given where one is read")
+        if not visual:
+            raise ImageReadError("no image given (an empty list)")
+        visual = visual[0]
+    if isinstance(visual, (str, os.PathLike)):
+        return LargeImage(visual, **kwargs)
+    memory_kwargs = {k: v for k, v in kwargs.items() if k in ("max_pixels", "region_cache_bytes")}
+    if isinstance(visual, Image.Image):
+        path = _file_behind(visual)
+        return LargeImage(path, **kwargs) if path is not None else LargeImage.from_pil(visual, **memory_kwargs)
+    if isinstance(visual, np.ndarray):
+        return LargeImage.from_array(visual, **memory_kwargs)
+    if isinstance(visual, LargeImage):
+        return visual
+    raise ImageReadError(
+        f"cannot read an image from a {type(visual).__module__}.{type(visual).__name__}; accepted: a file path, a "
+        "PIL image, a numpy array [H, W] or [H, W, bands], or a list holding one of them"
+    )

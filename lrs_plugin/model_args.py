@@ -7,9 +7,10 @@ lmms-eval hands values over as ``bool`` / ``int`` / ``float`` / ``str`` (``None`
   ``float16`` or ``bfloat16``; default none = ``dtype``; the C2F seed runs ``dtype=float16,vision_dtype=float32``),
   ``device``, ``device_map``, ``attn_implementation``, ``trust_remote_code``, ``tile_batch_size``;
 * method: ``reducer`` (default ``c2f``), ``focus`` (C2F's scorer, default ``auto``), ``focus_<knob>`` (a scorer knob,
-  e.g. ``focus_layer=2``), ``image_cache``; every other key is an option of the reducer (e.g. ``keep_ratio=0.25``);
+  e.g. ``focus_layer=2``); every other key is an option of the reducer (e.g. ``keep_ratio=0.25``);
 * harness: ``batch_size`` / ``max_batch_size`` (requests are answered one at a time; only 1 is accepted),
-  ``max_new_tokens`` (overrides the task's value, for quick runs);
+  ``max_new_tokens`` (overrides the task's value, for quick runs), ``image_cache`` (image files kept open at once,
+  default 1: questions are answered grouped by image, so each file is decoded once; it changes no answer);
 * resume (:mod:`lrs_plugin.resume`): ``resume_dir`` (folder where each finished answer is saved at once, so a killed
   run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir`` set).
 """
@@ -56,6 +57,8 @@ class ModelSettings:
     tile_batch_size: int = 16
     # Overrides the task's max_new_tokens when set.
     max_new_tokens: int | None = None
+    # Image files kept open (decoded) at once by the model, least recently used closed first.
+    image_cache: int = 1
     # Options of the reducer (validated by the reducer).
     reducer_options: Mapping[str, Any] = field(default_factory=dict)
     # Folder of the crash-safe answer store (lrs_plugin.resume); None: answers are not saved.
@@ -73,7 +76,7 @@ class ModelSettings:
                 raise ConfigError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.resume_dir is not None and (not isinstance(self.resume_dir, str) or not self.resume_dir.strip()):
             raise ConfigError(f"resume_dir must be a folder path or None; got {self.resume_dir!r}")
-        for name in ("tile_batch_size",):
+        for name in ("tile_batch_size", "image_cache"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1; got {value!r}")
@@ -93,6 +96,7 @@ _BACKBONE_KEYS = (
     "tile_batch_size",
 )
 _RESUME_KEYS = ("resume_dir", "resume")
+_HARNESS_KEYS = ("image_cache",)
 
 
 def _as_int(name: str, value: Any) -> Any:
@@ -122,12 +126,12 @@ def parse_model_args(kwargs: Mapping[str, Any]) -> ModelSettings:
         raise ConfigError("c2f_llava needs pretrained=<checkpoint folder or Hub id>")
     settings: dict[str, Any] = {"pretrained": str(args.pop("pretrained"))}
     settings["reducer"] = str(args.pop("reducer", "c2f"))
-    for key in _BACKBONE_KEYS + _RESUME_KEYS:
+    for key in _BACKBONE_KEYS + _RESUME_KEYS + _HARNESS_KEYS:
         if key in args:
             settings[key] = args.pop(key)
     if settings.get("resume_dir") is not None:
         settings["resume_dir"] = str(settings["resume_dir"])
-    for key in ("tile_batch_size", "max_new_tokens"):
+    for key in ("tile_batch_size", "max_new_tokens", "image_cache"):
         if key in args:
             settings[key] = _as_int(key, args.pop(key))
         elif key in settings:

@@ -127,9 +127,10 @@ def dip_scales(height: int, width: int, *, tile: int = 336, base_long_side: int 
         The scales, finest (1.0) first; all but the last are tiled levels, the last is the thumbnail.
 
     Raises:
-        ConfigError: A size is not a positive int, ``base_long_side <= tile``, or the image's long side is
-            ``<= tile`` (the released code breaks there: at exactly ``tile`` the thumbnail scale equals 1.0 and
-            merges with the only level; below it the "thumbnail" is larger than the level).
+        ConfigError: A size is not a positive int, or ``base_long_side <= tile``.
+
+    An image whose long side is at most ``tile`` gets the single scale ``[1.0]``: one level of one tile (the image
+    up-scaled to fill it) that is also the thumbnail, as the released slice mode (method.md §3.8) processes it.
     """
     height, width = _check_size("height", height), _check_size("width", width)
     tile, base_long_side = _check_size("tile", tile), _check_size("base_long_side", base_long_side)
@@ -137,11 +138,10 @@ def dip_scales(height: int, width: int, *, tile: int = 336, base_long_side: int 
         raise ConfigError(f"base_long_side must be larger than tile ({tile} px), got {base_long_side}")
     long_side = max(height, width)
     if long_side <= tile:
-        raise ConfigError(
-            f"image of {width}x{height} px (W x H) is too small for the Dynamic Image Pyramid: its long side must "
-            f"exceed the {tile} px tile (the released code fails for such images: the thumbnail scale reaches 1.0 "
-            "and collides with the only level); resize it or use a model without pyramid_crop"
-        )
+        # The released pyramid code breaks here (the thumbnail scale reaches 1.0 and collides with the only level);
+        # its slice mode (method.md §3.8) handles such an image as one tile, up-scaled to fill it, that serves as
+        # both the thumbnail and the grid. That is what a single scale means here (see build_pyramid).
+        return [1.0]
     min_scale = min(base_long_side / long_side, 1.0)
     scales: list[float] = []
     current = 1.0
@@ -189,8 +189,24 @@ def level_geometry(height: int, width: int, scale: float, *, tile: int = 336) ->
 
 
 def build_pyramid(height: int, width: int, *, tile: int = 336, base_long_side: int = 1008) -> Pyramid:
-    """Thumbnail and tiled levels (coarse -> fine) of an ``height x width`` image; see :func:`dip_scales`."""
+    """Thumbnail and tiled levels (coarse -> fine) of an ``height x width`` image; see :func:`dip_scales`.
+
+    Raises:
+        ConfigError: an aspect ratio so extreme that the thumbnail's short side rounds to 0 px (names the size and
+            the ratio), or invalid sizes.
+    """
     scales = dip_scales(height, width, tile=tile, base_long_side=base_long_side)
+    thumb_scale = scales[-1]
+    if min(round(height * thumb_scale), round(width * thumb_scale)) < 1:
+        ratio = max(height, width) / min(height, width)
+        raise ConfigError(
+            f"image of {width}x{height} px (W x H, aspect ratio {ratio:.0f}:1) cannot be tiled by the Dynamic Image "
+            f"Pyramid: its short side rounds to 0 px in the {tile}-px thumbnail (the released code divides by zero "
+            f"there); C2F needs an aspect ratio of at most about {2 * tile}:1"
+        )
+    if len(scales) == 1:  # long side <= tile: one tile, also the thumbnail
+        only = level_geometry(height, width, 1.0, tile=tile)
+        return Pyramid(image_hw=(height, width), thumbnail=only, levels=(only,))
     return Pyramid(
         image_hw=(height, width),
         thumbnail=level_geometry(height, width, scales[-1], tile=tile),

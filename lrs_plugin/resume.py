@@ -134,7 +134,8 @@ def answer_key(
         task: lmms-eval task name.
         split: Dataset split.
         doc_id: Index of the document in the split.
-        doc: The document (its ``question_id`` and ``image`` name are part of the key).
+        doc: The document (its ``question_id`` and ``image`` name are part of the key when they are plain values;
+            a decoded image in the document, as in lmms-eval's built-in tasks, is not).
         context: The prompt text.
         gen_kwargs: The task's generation kwargs; ``until`` is left out (the store keeps the text before it is
             applied).
@@ -149,12 +150,17 @@ def answer_key(
             "task": task,
             "split": split,
             "doc_id": int(doc_id),
-            "question_id": doc.get("question_id"),
-            "image": doc.get("image"),
+            "question_id": _plain(doc.get("question_id")),
+            "image": _plain(doc.get("image")),  # a file name in this plugin's tasks; pixels elsewhere: left out
             "context": context,
             "gen_kwargs": kwargs,
         }
     )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` when it is a JSON scalar, else ``None`` (a PIL image or bytes held by the document)."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else None
 
 
 def _jsonable(value: Any) -> Any:

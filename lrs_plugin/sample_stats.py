@@ -3,9 +3,11 @@
 lmms-eval 0.7.3 passes only the answer text (and three token counters) from ``generate_until`` to the task's
 ``process_results``, and ``process_results`` receives the document but neither a ``doc_id`` nor the task name.
 Both run in the same process (each rank scores its own documents), so a model of this plugin records what it knows
-about one sample (failure reason, token counts, FLOPs, latency) here, keyed by the document's unique question id,
-and the task reads it, then removes it once the sample is scored (lmms-eval retries a failed ``process_results``,
-so reading must not consume the entry). This is the one process-level object of the plugin; it exists because the
+about one sample (failure reason, token counts, FLOPs, latency) here, keyed by :func:`sample_key`, and the task
+reads it, then removes it once the sample is scored (lmms-eval retries a failed ``process_results``, so reading must
+not consume the entry). Only tasks that declare ``metadata: {lrs_plugin_sample_stats: true}`` in their YAML
+(:data:`STATS_METADATA_KEY`; lmms-eval copies task metadata into every request) get entries: a task that never reads
+the store must not make it grow. This is the one process-level object of the plugin; it exists because the
 harness offers no other channel, holds only pending samples, and is emptied as they are scored.
 """
 
@@ -15,12 +17,30 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SampleStatsStore", "STORE", "sample_key"]
+__all__ = ["SampleStatsStore", "STORE", "STATS_METADATA_KEY", "sample_key"]
+
+#: Task metadata flag (YAML ``metadata:``) saying that the task's ``process_results`` reads :data:`STORE`.
+STATS_METADATA_KEY = "lrs_plugin_sample_stats"
 
 
-def sample_key(doc: Mapping[str, Any]) -> str:
-    """Key of one sample: the document's ``benchmark`` field and its question id (unique within a benchmark)."""
-    return f"{doc.get('benchmark', '')}/{doc['question_id']}"
+def sample_key(
+    doc: Mapping[str, Any], *, task: str | None = None, split: str | None = None, doc_id: int | None = None
+) -> str:
+    """Key of one sample.
+
+    A document with a ``question_id`` (this plugin's tasks) is keyed by its ``benchmark`` field and that id, which
+    the task's ``process_results`` can rebuild from the document alone. Any other document is keyed by where it
+    comes from, ``task/split/doc_id``.
+
+    Raises:
+        KeyError: the document has no ``question_id`` and ``task`` / ``doc_id`` are not given.
+    """
+    question_id = doc.get("question_id")
+    if question_id is not None:
+        return f"{doc.get('benchmark', '')}/{question_id}"
+    if task is None or doc_id is None:
+        raise KeyError("a document without question_id needs task, split and doc_id to name its sample")
+    return f"{task}/{split}/{doc_id}"
 
 
 class SampleStatsStore:

@@ -25,7 +25,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARCHS", "CORPUS", "LMS", "VARIANTS", "build_tiny_llava", "chat_template_for"]
+__all__ = ["ARCHS", "CORPUS", "LMS", "TINY_REDUCER_OPTIONS", "VARIANTS", "build_tiny_llava", "chat_template_for"]
 
 ARCHS = ("llava", "llava_next")
 """Multimodal architectures :func:`build_tiny_llava` can build (``config.model_type``)."""
@@ -41,6 +41,20 @@ VARIANTS: tuple[tuple[str, str], ...] = (
 )
 """``(arch, lm)`` pairs the tests build: LLaVA-1.5 + Llama and LLaVA-NeXT + Qwen2 (the released models), and the
 two cross pairs."""
+
+TINY_REDUCER_OPTIONS: dict[str, str] = {
+    "c2f": "focus=llm_attention,focus_layer=1",
+    "none": "",
+    "fastv": "",
+    "pdrop": "",
+    "random": "",
+    "downsample": "",
+    "visionzip": "dominant=4,contextual=2",
+    "prumerge": "adaptive=false,reduction_ratio=0.25",
+    "anyres": "max_tiles=1",
+}
+"""``--model_args`` fragment per registered reducer that fits the tiny checkpoints (2 decoder layers, 16 patches a
+tile): e.g. a focus layer that exists, VisionZip budgets under 16 tokens."""
 
 CORPUS: tuple[str, ...] = (
     "A chat between a curious user and an artificial intelligence assistant.",

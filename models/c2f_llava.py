@@ -2,9 +2,13 @@
 
 Thin on purpose: ``--model_args`` are parsed once into :class:`lrs_plugin.model_args.ModelSettings`, the backbone is
 loaded with transformers' ``from_pretrained`` (:class:`lrs_plugin.backbone.Backbone`), and each question goes to the
-selected reducer (:mod:`lrs_plugin.reducers`). Documents reach the model with image *paths*; questions are answered
-grouped by image so each image is decoded once. Per-sample accounting (vision tokens encoded / sent to the LLM,
-TFLOPs by stage, latency, failures) goes to the tasks through :mod:`lrs_plugin.sample_stats`. With ``resume_dir=PATH``
+selected reducer (:mod:`lrs_plugin.reducers`). The image is whatever the task's ``doc_to_visual`` returns (a lazy or
+eager PIL image, a path, an array, or a list of one), read through one :class:`lrs_plugin.imagery.LargeImage` for every
+reducer, so any lmms-eval image task works; a request without an image is answered text-only. Questions on the same
+image file are answered in a row so each file is decoded once. Per-sample accounting (vision tokens encoded / sent to
+the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through :mod:`lrs_plugin.sample_stats`, and
+its means to lmms-eval's ``results["throughput"]`` for every task (:class:`lrs_plugin.accounting.EfficiencyTally`).
+A failure of one sample, at any step, is recorded on that sample and the run goes on. With ``resume_dir=PATH``
 each finished answer is saved at once (:mod:`lrs_plugin.resume`) and a rerun generates only what is missing.
 
 Under ``accelerate launch`` each process takes its rank from accelerate; lmms-eval then overrides ``_rank`` /
@@ -18,7 +22,8 @@ Example::
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
@@ -26,7 +31,10 @@ from loguru import logger
 
 from lrs_plugin.model_args import parse_model_args
 from lrs_plugin.resume import ResumeStore, answer_key, settings_fingerprint
-from lrs_plugin.sample_stats import STORE, sample_key
+from lrs_plugin.sample_stats import STATS_METADATA_KEY, STORE, sample_key
+
+if TYPE_CHECKING:
+    from lrs_plugin.imagery import LargeImage
 
 __all__ = ["C2FLlava"]
 
@@ -74,6 +82,7 @@ class C2FLlava(lmms):
 
         from lrs_plugin.accounting import ModelDims
         from lrs_plugin.backbone import Backbone
+        from lrs_plugin.imagery import ImageCache
         from lrs_plugin.reducers import build_reducer
 
         self.settings = parse_model_args(model_args)
@@ -94,6 +103,7 @@ class C2FLlava(lmms):
             vision_dtype=s.vision_dtype,
         )
         self.reducer = build_reducer(s.reducer, self.backbone, s.reducer_options)
+        self.images = ImageCache(max_open=s.image_cache)
         self.dims = ModelDims.from_config(self.backbone.config)
         self._warned_sampling = False
         self._settings_hash: str | None = None
@@ -127,29 +137,99 @@ class C2FLlava(lmms):
             logger.warning("c2f_llava decodes greedily for every method (fair comparison); sampling kwargs ignored")
             self._warned_sampling = True
 
-    def _answer(self, doc: dict[str, Any], context: str, gen_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    # ------------------------------------------------------------------------------------------ one request
+    def _image_for(self, visuals: Any, doc: Mapping[str, Any]) -> LargeImage | None:
+        """The request's one image as a :class:`LargeImage`, or ``None`` for a text-only request.
+
+        ``visuals`` is what the task's ``doc_to_visual(doc)`` returned: a PIL image (eager or lazy), a path, an
+        array, or a list of one of them. An empty list falls back to the document's ``image_path`` (so a missing file
+        is recorded as such) or its ``image_error``. Image files are kept open in the model's cache (questions come
+        grouped by image); in-memory images are opened for this request only.
+
+        Raises:
+            MultipleImagesError: more than one image (no registered reducer takes several).
+            ImageReadError: the image cannot be read (names the file and the reason).
+        """
+        from lrs_plugin.errors import ImageReadError, MultipleImagesError
+        from lrs_plugin.imagery import open_image
+
+        items = list(visuals) if isinstance(visuals, (list, tuple)) else ([] if visuals is None else [visuals])
+        if len(items) > 1:
+            raise MultipleImagesError(
+                f"the request holds {len(items)} images; reducer {self.settings.reducer!r} (like every registered "
+                "reducer) answers about exactly one image"
+            )
+        if not items:
+            if doc.get("image_error"):
+                raise ImageReadError(str(doc["image_error"]))
+            if not doc.get("image_path"):
+                return None
+            items = [doc["image_path"]]
+        image = open_image(items[0])
+        if image.key[0] == "file":  # reuse the decoded file across the questions on it
+            path = image.path
+            image.close()  # only its header was read
+            return self.images.get(path)
+        return image
+
+    def _answer(
+        self, doc: Mapping[str, Any], context: str, gen_kwargs: dict[str, Any], visuals: Any, name: str
+    ) -> tuple[str, dict[str, Any]]:
         """Answer one request: ``(raw text before until, stats)``; a failure is recorded in the stats (``error``)."""
         from lrs_plugin.accounting import sample_tflops
 
         self._check_greedy(gen_kwargs)
-        image_path = doc.get("image_path")
         start = time.perf_counter()
+        step = "read"
+        image = None
         try:
-            if not image_path:
-                from lrs_plugin.errors import ImageReadError
-
-                raise ImageReadError(doc.get("image_error") or "document has no image")
-            out = self.reducer.answer(image_path, context, doc=doc, max_new_tokens=self._max_new_tokens(gen_kwargs))
+            if callable(visuals):
+                visuals = visuals(doc)
+            image = self._image_for(visuals, doc)
+            if image is not None:
+                image.load()  # decode now (every method needs the pixels): a broken file is a read failure
+            step = "answer"
+            max_new = self._max_new_tokens(gen_kwargs)
+            if image is None:
+                out = self._answer_text_only(context, max_new)
+            else:
+                out = self.reducer.answer(image, context, doc=doc, max_new_tokens=max_new)
+            self._synchronize()
+            stats = dict(out.stats)
+            stats["latency_s"] = time.perf_counter() - start
+            step = "accounting"
+            stats["tflops_by_stage"] = sample_tflops(stats, self.dims)
+            stats["tflops"] = stats["tflops_by_stage"]["total"]
+            stats["reducer"] = self.settings.reducer
+            return out.text, stats
         except Exception as exc:  # noqa: BLE001 - one broken sample must not end a multi-hour run
-            logger.opt(exception=True).error("c2f_llava: {} failed: {}", doc.get("question_id"), exc)
-            return "", {"error": f"{type(exc).__name__}: {exc}", "latency_s": time.perf_counter() - start}
-        self._synchronize()
-        stats = dict(out.stats)
-        stats["latency_s"] = time.perf_counter() - start
-        stats["tflops_by_stage"] = sample_tflops(stats, self.dims)
-        stats["tflops"] = stats["tflops_by_stage"]["total"]
-        stats["reducer"] = self.settings.reducer
-        return out.text, stats
+            logger.opt(exception=True).error("c2f_llava: {} failed ({}): {}", name, step, exc)
+            return "", {
+                "error": f"{type(exc).__name__}: {exc}",
+                "error_step": step,
+                "latency_s": time.perf_counter() - start,
+            }
+        finally:
+            if image is not None and image.key[0] != "file":
+                image.close()
+
+    def _answer_text_only(self, context: str, max_new_tokens: int) -> Any:
+        """Answer a request that holds no image with the language model alone (recorded as ``text_only``)."""
+        from lrs_plugin.reducers import ReducerOutput
+
+        ids = self.backbone.text_prompt_ids(context)
+        embeds = self.backbone.embed_ids(ids).unsqueeze(0)
+        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens)
+        stats = {
+            "text_only": True,
+            "tiles_encoded": 0,
+            "vision_tokens_encoded": 0,
+            "vision_tokens_to_llm": 0,
+            "llm_input_len": int(embeds.shape[1]),
+            "new_tokens": out.num_new_tokens,
+            "focus_passes": [],
+        }
+        return ReducerOutput(text=out.text, stats=stats)
 
     def _synchronize(self) -> None:
         import torch
@@ -172,56 +252,103 @@ class C2FLlava(lmms):
         )
         return store
 
-    def _answer_or_resume(
-        self, store: ResumeStore | None, request_args: tuple, doc: dict[str, Any], gen_kwargs: dict[str, Any]
-    ) -> tuple[str, dict[str, Any], bool]:
-        """``(raw text, stats, generated?)``: from the store when it has the answer, else generated and stored."""
-        context, _gen, _visual, doc_id, task, split = request_args
+    def _one(self, request: Any, store: ResumeStore | None) -> tuple[GenerationResult, dict[str, Any], bool]:
+        """Answer one request; ``(result, stats, generated?)``. Never raises: every failure lands in the stats."""
+        context, gen_kwargs, visuals, doc_id, task, split = request.args
+        gen_kwargs = dict(gen_kwargs or {})
+        name = f"{task}/{split}/{doc_id}"
+        try:
+            doc = self.task_dict[task][split][doc_id]
+            name = sample_key(doc, task=task, split=split, doc_id=doc_id)
+        except Exception as exc:  # noqa: BLE001
+            logger.opt(exception=True).error("c2f_llava: {}: cannot read the document: {}", name, exc)
+            return GenerationResult(text=""), {"error": f"{type(exc).__name__}: {exc}", "error_step": "document"}, True
         key = None
+        found = None
         if store is not None:
-            key = answer_key(
-                settings_hash=self._settings_hash or "",
-                task=task,
-                split=split,
-                doc_id=doc_id,
-                doc=doc,
-                context=context,
-                gen_kwargs=gen_kwargs,
+            try:
+                key = answer_key(
+                    settings_hash=self._settings_hash or "",
+                    task=task,
+                    split=split,
+                    doc_id=doc_id,
+                    doc=doc,
+                    context=context,
+                    gen_kwargs=gen_kwargs,
+                )
+                found = store.get(key)
+            except Exception as exc:  # noqa: BLE001 - the answer is generated again
+                logger.opt(exception=True).warning("c2f_llava: {}: resume lookup failed: {}", name, exc)
+        if found is not None:
+            raw_text, stats, fresh = found.raw_text, dict(found.stats), False
+        else:
+            raw_text, stats = self._answer(doc, context, gen_kwargs, visuals, name)
+            fresh = True
+            logger.debug("c2f_llava: generated {}/{} ({}) on rank {}", task, doc_id, name, self.rank)
+            if store is not None and key is not None and "error" not in stats:  # failures are retried by a rerun
+                try:
+                    meta = {"task": task, "split": split, "doc_id": doc_id, "question_id": doc.get("question_id")}
+                    store.put(key, raw_text, stats, meta=meta)
+                except Exception as exc:  # noqa: BLE001 - the answer is kept; only resuming it is lost
+                    logger.opt(exception=True).error("c2f_llava: {}: resume write failed: {}", name, exc)
+                    stats["resume_error"] = f"{type(exc).__name__}: {exc}"
+        if (request.metadata or {}).get(STATS_METADATA_KEY):
+            try:
+                STORE.put(sample_key(doc, task=task, split=split, doc_id=doc_id), stats)
+            except Exception as exc:  # noqa: BLE001
+                logger.opt(exception=True).error("c2f_llava: {}: stats hand-off failed: {}", name, exc)
+        try:
+            text = _apply_until(raw_text, gen_kwargs.get("until"))
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed until; keep the whole answer
+            logger.opt(exception=True).error(
+                "c2f_llava: {}: cannot apply until={!r}: {}", name, gen_kwargs.get("until"), exc
             )
-            found = store.get(key)
-            if found is not None:
-                return found.raw_text, found.stats, False
-        raw_text, stats = self._answer(doc, context, gen_kwargs)
-        logger.debug("c2f_llava: generated {}/{} ({}) on rank {}", task, doc_id, doc.get("question_id"), self.rank)
-        if store is not None and key is not None and "error" not in stats:  # failures are retried by a rerun
-            meta = {"task": task, "split": split, "doc_id": doc_id, "question_id": doc.get("question_id")}
-            store.put(key, raw_text, stats, meta=meta)
-        return raw_text, stats, True
+            text = str(raw_text).strip()
+        counts = TokenCounts(input_tokens=stats.get("llm_input_len"), output_tokens=stats.get("new_tokens"))
+        return GenerationResult(text=text, token_counts=counts), stats, fresh
 
     def generate_until(self, requests: list) -> list[GenerationResult]:
-        """Answer every request, grouped by image (each image decoded once), in the original order."""
+        """Answer every request, grouped by image file (each decoded once), in the original order.
+
+        Padding requests lmms-eval adds to even out ranks are answered empty (their answers are discarded). A
+        summary of the efficiency figures goes to lmms-eval's ``results["throughput"]`` (see
+        :class:`lrs_plugin.accounting.EfficiencyTally`).
+        """
         from tqdm import tqdm
 
-        docs = []
-        for request in requests:
-            context, gen_kwargs, _visual, doc_id, task, split = request.args
-            docs.append((self.task_dict[task][split][doc_id], dict(gen_kwargs)))
-        order = sorted(range(len(docs)), key=lambda i: (str(docs[i][0].get("image_path") or ""), i))
-        results: list[GenerationResult | None] = [None] * len(docs)
-        store = self._open_resume_store()
+        from lrs_plugin.accounting import EfficiencyTally
+
+        def image_of(i: int) -> str:
+            context, _gen, _visual, doc_id, task, split = requests[i].args
+            try:
+                return str(self.task_dict[task][split][doc_id].get("image_path") or "")
+            except Exception:  # noqa: BLE001 - reported when the request is answered
+                return ""
+
+        order = sorted(range(len(requests)), key=lambda i: (image_of(i), i))
+        results: list[GenerationResult | None] = [None] * len(requests)
+        tally = EfficiencyTally()
+        store = None
         generated = 0
         try:
+            store = self._open_resume_store()
             for i in tqdm(order, disable=self.rank != 0, desc="c2f_llava"):
-                doc, gen_kwargs = docs[i]
-                raw_text, stats, fresh = self._answer_or_resume(store, requests[i].args, doc, gen_kwargs)
+                request = requests[i]
+                if (request.metadata or {}).get("__padding_only__"):
+                    results[i] = GenerationResult(text="")
+                    continue
+                results[i], stats, fresh = self._one(request, store)
                 generated += fresh
-                STORE.put(sample_key(doc), stats)
-                counts = TokenCounts(input_tokens=stats.get("llm_input_len"), output_tokens=stats.get("new_tokens"))
-                results[i] = GenerationResult(text=_apply_until(raw_text, gen_kwargs.get("until")), token_counts=counts)
+                tally.add(request.args[4], stats)
         finally:
-            self.reducer.close()
-            if store is not None:
-                store.close()
+            for close in (self.reducer.close, self.images.close_all, getattr(store, "close", None)):
+                if close is None:
+                    continue
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001
+                    logger.opt(exception=True).warning("c2f_llava: cleanup failed: {}", exc)
+        tally.report(self.world_size)
         if store is not None:
             logger.info(
                 "c2f_llava: rank {}: {} requests, {} from the resume store, {} generated",

@@ -6,11 +6,9 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["EFFICIENCY_KEYS", "efficiency_metrics", "first_response", "log_failures", "mean_skip_none"]
+from lrs_plugin.accounting import EFFICIENCY_KEYS  # each becomes a metric eff_<key> (None when not recorded)
 
-#: Per-sample efficiency figures a model of this plugin records (see :mod:`lrs_plugin.sample_stats`); each becomes a
-#: metric ``eff_<key>`` whose mean is reported per task (``None`` for models that record nothing).
-EFFICIENCY_KEYS = ("vision_tokens_encoded", "vision_tokens_to_llm", "tflops", "latency_s")
+__all__ = ["EFFICIENCY_KEYS", "efficiency_metrics", "first_response", "log_failures", "mean_skip_none"]
 
 
 def first_response(results: Sequence[Any]) -> str:

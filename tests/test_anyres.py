@@ -22,6 +22,7 @@ from lrs_plugin._anyres import (
 )
 from lrs_plugin.backbone import Backbone
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.imagery import LargeImage
 from lrs_plugin.reducers import build_reducer, reducer_spec
 from lrs_plugin.reducers.anyres import AnyresConfig, AnyresReducer
 from lrs_plugin.reducers.none import _num_tiles
@@ -214,7 +215,9 @@ def test_no_limit_is_exactly_none(next_bb, image_paths, options) -> None:
     for path in image_paths.values():
         a, b = _ask(ref, path), _ask(red, path)
         assert a.text == b.text and a.stats == b.stats
-        assert torch.equal(ref.vision.get(path)[0], red.vision.get(path)[0])  # the LLM gets the same input
+        assert torch.equal(
+            ref.vision.get(LargeImage(path))[0], red.vision.get(LargeImage(path))[0]
+        )  # the LLM gets the same input
 
 
 def test_one_tile(next_bb, image_paths) -> None:
@@ -234,7 +237,7 @@ def test_p9_goes_beyond_the_checkpoint_grids(next_bb, image_paths) -> None:
     assert out.stats["tiles_encoded"] == 10 and out.stats["vision_tokens_encoded"] == 160
     assert out.stats["vision_tokens_to_llm"] == 16 + 12 * 13
     assert out.stats["llm_input_len"] - ref.stats["llm_input_len"] == 16 + 12 * 13 - (16 + 8 * 9)
-    vision, tiles = red.vision.get(image_paths["big"])
+    vision, tiles = red.vision.get(LargeImage(image_paths["big"]))
     image = Image.open(image_paths["big"]).convert("RGB")
     assert tiles == 10 and torch.equal(vision, next_bb.plain_vision_embeds(image, square_pinpoints(9, 56)))
 

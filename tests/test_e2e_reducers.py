@@ -10,19 +10,9 @@ import pytest
 
 from lrs_plugin.harness import offline_env, run_lmms_eval
 from lrs_plugin.reducers import available_reducers
+from lrs_plugin.tiny import TINY_REDUCER_OPTIONS
 
-# Options per reducer for the tiny 2-layer checkpoint (e.g. a scorer layer that exists in 2 layers).
-OPTIONS = {
-    "c2f": "focus=llm_attention,focus_layer=1",
-    "none": "",
-    "fastv": "",
-    "pdrop": "",
-    "random": "",
-    "downsample": "",
-    "visionzip": "dominant=4,contextual=2",
-    "prumerge": "adaptive=false,reduction_ratio=0.25",
-    "anyres": "max_tiles=1",
-}
+OPTIONS = TINY_REDUCER_OPTIONS
 SUBTASKS = ("lrs_vqa_fair", "lrs_vqa_bridge", "lrs_vqa_star")
 
 

@@ -271,10 +271,25 @@ def test_every_mode_is_normalised_to_rgb_by_the_documented_rule(tmp_path, kwargs
             np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=f"{name} via {image.backend}")
 
 
-def test_float_samples_are_refused(tmp_path):
-    tifffile.imwrite(tmp_path / "float.tif", np.zeros((4, 5, 3), np.float32), photometric="rgb")
-    with LargeImage(tmp_path / "float.tif") as image, pytest.raises(ImageReadError, match="float.tif"):
+@pytest.mark.parametrize("backend", ["auto", "memory"])
+def test_float_samples_map_by_the_documented_rule(tmp_path, backend):
+    # round(clip(v, 0, 1) * 255), NaN -> 0: the same for a file, a PIL "F" image and an array
+    values = np.array([[-1.0, 0.0, 0.25, 0.5], [0.6, 1.0, 7.0, np.nan]], np.float32)
+    want = np.array([[0, 0, 64, 128], [153, 255, 255, 0]], np.uint8)
+    tifffile.imwrite(tmp_path / "float.tif", values)
+    with LargeImage(tmp_path / "float.tif", backend=backend) as image:
+        np.testing.assert_array_equal(image.rgb8(), np.repeat(want[:, :, None], 3, axis=2))
+    for memory in (LargeImage.from_array(values), LargeImage.from_pil(Image.fromarray(values))):
+        np.testing.assert_array_equal(memory.rgb8(), np.repeat(want[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.uint32, np.int64])
+def test_signed_and_wide_integer_samples_are_refused_naming_the_type(tmp_path, dtype):
+    tifffile.imwrite(tmp_path / "int.tif", np.zeros((4, 5), dtype))
+    with LargeImage(tmp_path / "int.tif") as image, pytest.raises(ImageReadError, match=f"{np.dtype(dtype)}.*int.tif"):
         image.load()
+    with pytest.raises(ImageReadError, match="unsupported sample type"):
+        LargeImage.from_array(np.zeros((4, 5), dtype))
 
 
 # --- errors, lifecycle, cache ---

@@ -78,9 +78,24 @@ def test_small_image_has_one_tiled_level():
 # errors
 
 
-@pytest.mark.parametrize(("height", "width"), [(336, 336), (200, 336), (336, 120), (1, 1)])
-def test_images_not_longer_than_a_tile_are_refused(height, width):
-    with pytest.raises(ConfigError, match=rf"{width}x{height} px .*long side must exceed the 336 px tile"):
+@pytest.mark.parametrize(
+    ("height", "width", "resize_hw"),
+    [(336, 336, (336, 336)), (200, 336, (200, 336)), (336, 120, (336, 120)), (1, 1, (336, 336)), (150, 200, (252, 336)),
+     (90, 300, (101, 336))],
+)  # fmt: skip
+def test_images_not_longer_than_a_tile_are_one_tile_that_is_also_the_thumbnail(height, width, resize_hw):
+    # The released slice mode (method.md §3.8): the image up-scaled to fill one tile, which serves as the thumbnail
+    # and as the grid; level_geometry's rule at scale 1.0 gives that up-scale.
+    assert dip_scales(height, width) == [1.0]
+    pyramid = build_pyramid(height, width)
+    assert len(pyramid.levels) == 1 and pyramid.thumbnail == pyramid.levels[0]
+    level = pyramid.levels[0]
+    assert level.grid_hw == (1, 1) and level.resize_hw == resize_hw and max(resize_hw) == 336
+
+
+@pytest.mark.parametrize(("height", "width"), [(3, 5000), (5000, 2), (1, 700)])
+def test_aspect_ratios_the_thumbnail_cannot_hold_are_refused_naming_size_and_ratio(height, width):
+    with pytest.raises(ConfigError, match=rf"{width}x{height} px \(W x H, aspect ratio \d+:1\).*rounds to 0 px"):
         build_pyramid(height, width)
 
 
@@ -103,8 +118,10 @@ def test_bad_tile_settings_are_refused():
 
 def test_side_rounding_to_zero_is_refused():
     # thumbnail of a 1 x 5000 strip: round(1 * 336 / 5000) == 0
-    with pytest.raises(ConfigError, match=r"5000x1 px .* is 336x0 px: a side rounds to 0 px"):
+    with pytest.raises(ConfigError, match=r"5000x1 px .*rounds to 0 px in the 336-px thumbnail"):
         build_pyramid(1, 5000)
+    with pytest.raises(ConfigError, match=r"5000x1 px .* is 336x0 px: a side rounds to 0 px"):
+        level_geometry(1, 5000, 336 / 5000)
 
 
 def test_inconsistent_level_is_refused():

@@ -2,7 +2,10 @@
 
 A reducer turns ``(image, question)`` into an answer plus the per-sample accounting the tasks report. All reducers
 run on the same :class:`~lrs_plugin.backbone.Backbone`, prompt, greedy decoding and image reader, so their results
-are comparable. Each declares its *stage*:
+are comparable: the image always arrives as one :class:`~lrs_plugin.imagery.LargeImage` (over a file or over an
+in-memory image), and every method reads its pixels through it, with the same decoders, pixel limit and 8-bit rule.
+Every built-in reducer takes exactly one image per question (the model records a request with several images as a
+failure). Each declares its *stage*:
 
 * ``pre_llm``: shortens the vision sequence before the LLM (``none`` keeps it whole);
 * ``pyramid``: chooses which image regions are encoded at all, then prunes (``c2f``);
@@ -14,20 +17,29 @@ Register one with :func:`register_reducer`; build one with :func:`build_reducer`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from lrs_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
+    from lrs_plugin.imagery import LargeImage
+
+#: What :meth:`Reducer.answer` accepts: the model always passes a :class:`~lrs_plugin.imagery.LargeImage`; a path is
+#: accepted for scripts and tests (opened for the call through the same reader, closed after it).
+ImageInput = Union["LargeImage", str, os.PathLike]
 
 __all__ = [
     "ARCHS",
     "STAGES",
+    "ImageInput",
     "ReducerOutput",
     "Reducer",
+    "borrow_image",
     "ReducerSpec",
     "register_reducer",
     "available_reducers",
@@ -63,19 +75,42 @@ class Reducer(Protocol):
 
     def answer(
         self,
-        image_path: str,
+        image: ImageInput,
         question: str,
         *,
         doc: Mapping[str, Any],
         max_new_tokens: int,
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
-        """Answer one question about the image at ``image_path``."""
+        """Answer one question about ``image`` (a :class:`~lrs_plugin.imagery.LargeImage`, or a path)."""
         ...
 
     def close(self) -> None:
-        """Release cached images and scratch files."""
+        """Release what the reducer keeps per image (vision tokens, scratch files)."""
         ...
+
+
+@contextlib.contextmanager
+def borrow_image(image: ImageInput) -> Iterator[LargeImage]:
+    """The image a reducer reads: ``image`` itself, or the file at a path opened for the block.
+
+    A :class:`~lrs_plugin.imagery.LargeImage` is yielded as it is (its caller owns it); a path is opened through
+    :func:`~lrs_plugin.imagery.open_image` and closed when the block ends.
+
+    Raises:
+        ImageReadError: ``image`` is neither a ``LargeImage`` nor a readable image path.
+    """
+    from lrs_plugin.imagery import LargeImage, open_image
+
+    if isinstance(image, LargeImage):
+        yield image
+        return
+    if not isinstance(image, (str, os.PathLike)):
+        from lrs_plugin.errors import ImageReadError
+
+        raise ImageReadError(f"a reducer takes a LargeImage or an image path; got {type(image).__name__}")
+    with open_image(image) as opened:
+        yield opened
 
 
 @dataclass(frozen=True)

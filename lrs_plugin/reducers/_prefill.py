@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput
+from lrs_plugin.reducers import ImageInput, ReducerOutput, borrow_image
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -416,7 +416,7 @@ class InLLMReducer:
 
     def answer(
         self,
-        image_path: str,
+        image: ImageInput,
         question: str,
         *,
         doc: Mapping[str, Any],
@@ -424,7 +424,8 @@ class InLLMReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer one question, dropping image tokens inside the LLM."""
-        vision, tiles = self.vision.get(image_path)
+        with borrow_image(image) as source:
+            vision, tiles = self.vision.get(source)
         prefix, suffix = self.backbone.split_prompt(question)
         embeds, span = self.backbone.assemble(prefix, vision, suffix)
         stages, knobs = self.schedule(span.stop - span.start)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers import ImageInput, ReducerOutput, borrow_image, register_reducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
@@ -38,13 +38,12 @@ def resolve_focus_name(name: str, backbone: Backbone) -> str:
 
 @register_reducer("c2f", stage="pyramid")
 class C2FReducer:
-    """Builds the pyramid lazily from the image file, scores with a focus module, zooms, prunes, answers.
+    """Builds the pyramid lazily from the image, scores with a focus module, zooms, prunes, answers.
 
     Args:
         backbone: The loaded backbone.
         focus: Focus scorer name (``auto``, ``rfm``, ``llm_attention``, ``oracle``, ``uniform``).
         focus_options: Knobs of the scorer (e.g. ``{"layer": 2}``, ``{"rfm_path": ...}``).
-        image_cache: Images kept open at once (the model sorts questions by image, so 1 decodes each image once).
         **config: Fields of :class:`lrs_plugin.c2f.C2FConfig` (``keep_ratio``, ``num_zoom_steps``, ...).
     """
 
@@ -57,29 +56,25 @@ class C2FReducer:
         *,
         focus: str = "auto",
         focus_options: Mapping[str, Any] | None = None,
-        image_cache: int = 1,
         **config: Any,
     ) -> None:
         from lrs_plugin.c2f import C2FConfig
         from lrs_plugin.focus import build_focus
-        from lrs_plugin.imagery import ImageCache
 
         fields = {f.name for f in dataclasses.fields(C2FConfig)}
         unknown = sorted(set(config) - fields)
         if unknown:
             raise ConfigError(
-                f"reducer 'c2f' has no option(s) {unknown}; valid: focus, image_cache, "
-                f"focus_* knobs, {', '.join(sorted(fields))}"
+                f"reducer 'c2f' has no option(s) {unknown}; valid: focus, focus_* knobs, {', '.join(sorted(fields))}"
             )
         self.backbone = backbone
         self.config = C2FConfig(**config)
         self.focus_name = resolve_focus_name(focus, backbone)
         self.focus = build_focus(self.focus_name, backbone, dict(focus_options or {}))
-        self.images = ImageCache(max_open=int(image_cache))
 
     def answer(
         self,
-        image_path: str,
+        image: ImageInput,
         question: str,
         *,
         doc: Mapping[str, Any],
@@ -89,21 +84,20 @@ class C2FReducer:
         """Answer one question with coarse-to-fine pruning."""
         from lrs_plugin.c2f import run_c2f
 
-        image = self.images.get(image_path)
-        result = run_c2f(
-            self.backbone,
-            image,
-            question,
-            self.focus,
-            self.config,
-            doc=doc,
-            max_new_tokens=max_new_tokens,
-            stop_strings=stop_strings,
-        )
+        with borrow_image(image) as source:
+            result = run_c2f(
+                self.backbone,
+                source,
+                question,
+                self.focus,
+                self.config,
+                doc=doc,
+                max_new_tokens=max_new_tokens,
+                stop_strings=stop_strings,
+            )
         stats = dict(result.stats)
         stats["focus"] = self.focus_name
         return ReducerOutput(text=result.answer, stats=stats)
 
     def close(self) -> None:
-        """Close cached images (and delete their scratch files)."""
-        self.images.close_all()
+        """Nothing is kept between questions (the model owns the open images)."""

@@ -6,13 +6,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ReducerOutput, register_reducer
+from lrs_plugin.reducers import ImageInput, ReducerOutput, borrow_image, register_reducer
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
     from lrs_plugin.backbone import Backbone
+    from lrs_plugin.imagery import LargeImage
 
 __all__ = ["LastImage", "PlainReducer", "PlainVision", "PreLLMReducer", "answer_plain"]
 
@@ -39,23 +40,24 @@ def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: li
 class LastImage:
     """Keeps ``compute(rgb_image)`` of the last image asked about (the model asks an image's questions in a row).
 
+    The pixels come from :meth:`LargeImage.to_pil <lrs_plugin.imagery.LargeImage.to_pil>`: the same decoders, limits
+    and 8-bit rule as C2F's windows, so every method sees the same pixels. Results are keyed by
+    :attr:`LargeImage.key <lrs_plugin.imagery.LargeImage.key>` (a file's path, size and mtime; a unique id for an
+    in-memory image).
+
     Args:
         compute: Maps the decoded RGB PIL image to what a reducer needs per image (e.g. its vision tokens).
     """
 
     def __init__(self, compute: Callable[[Image.Image], Any]) -> None:
         self.compute = compute
-        self._last: tuple[str, Any] | None = None
+        self._last: tuple[Any, Any] | None = None
 
-    def get(self, image_path: str) -> Any:
-        """``compute`` of the image at ``image_path``, decoded and computed once per image."""
-        if self._last is None or self._last[0] != image_path:
-            from lrs_plugin.imagery import open_lazy
-
+    def get(self, image: LargeImage) -> Any:
+        """``compute`` of ``image``, decoded and computed once per image."""
+        if self._last is None or self._last[0] != image.key:
             self._last = None  # release the previous image's result before decoding the next one
-            with open_lazy(image_path) as lazy:
-                image = lazy.convert("RGB")
-            self._last = (image_path, self.compute(image))
+            self._last = (image.key, self.compute(image.to_pil()))
         return self._last[1]
 
     def clear(self) -> None:
@@ -94,9 +96,9 @@ class PlainVision:
             vision = self.backbone.plain_vision_embeds(image, grid_pinpoints=self.grid_pinpoints)
         return vision, _num_tiles(self.backbone, image.size, self.grid_pinpoints)
 
-    def get(self, image_path: str) -> tuple[torch.Tensor, int]:
+    def get(self, image: LargeImage) -> tuple[torch.Tensor, int]:
         """``(vision tokens [N, C], tiles encoded)`` of the image, decoded and encoded once per image."""
-        return self._cache.get(image_path)
+        return self._cache.get(image)
 
     def clear(self) -> None:
         """Forget the last image's tokens."""
@@ -147,14 +149,14 @@ class PreLLMReducer:
     vision: PlainVision | LastImage
     max_tiles: int | None = None
 
-    def vision_for(self, image_path: str) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """``(tokens [N, C] sent to the LLM, tiles encoded, extra stats)`` for the image at ``image_path``."""
-        vision, tiles = self.vision.get(image_path)
+    def vision_for(self, image: LargeImage) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """``(tokens [N, C] sent to the LLM, tiles encoded, extra stats)`` for ``image``."""
+        vision, tiles = self.vision.get(image)
         return vision, tiles, {}
 
     def answer(
         self,
-        image_path: str,
+        image: ImageInput,
         question: str,
         *,
         doc: Mapping[str, Any],
@@ -162,7 +164,8 @@ class PreLLMReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer with the tokens of :meth:`vision_for`; its extra stats join the standard ones."""
-        vision, tiles, extra = self.vision_for(image_path)
+        with borrow_image(image) as source:
+            vision, tiles, extra = self.vision_for(source)
         out = answer_plain(
             self.backbone,
             vision,

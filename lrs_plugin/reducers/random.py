@@ -21,6 +21,7 @@ from lrs_plugin.reducers.none import PlainVision, PreLLMReducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
+    from lrs_plugin.imagery import LargeImage
 
 __all__ = ["NEWLINE_MODES", "RandomConfig", "RandomReducer", "random_keep"]
 
@@ -107,9 +108,9 @@ class RandomReducer(PreLLMReducer):
         self.vision = PlainVision(backbone, grid_pinpoints=tiles.grid_pinpoints(backbone))
         self.max_tiles = tiles.max_tiles
 
-    def vision_for(self, image_path: str) -> tuple[torch.Tensor, int, dict[str, Any]]:
+    def vision_for(self, image: LargeImage) -> tuple[torch.Tensor, int, dict[str, Any]]:
         """A seeded random subset of the plain vision tokens, and whether the budget was met."""
-        vision, tiles = self.vision.get(image_path)
+        vision, tiles = self.vision.get(image)
         budget_met = True
         if self.config.budget is not None:
             newline = self.backbone.image_newline

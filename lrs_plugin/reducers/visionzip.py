@@ -36,6 +36,7 @@ from lrs_plugin.reducers.none import LastImage, PreLLMReducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
+    from lrs_plugin.imagery import LargeImage
 
 __all__ = ["VisionZipConfig", "VisionZipReducer", "visionzip_select", "visionzip_next_layout"]
 
@@ -182,9 +183,9 @@ class VisionZipReducer(PreLLMReducer):
         embed_dtype = bb.language_model.get_input_embeddings().weight.dtype
         return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0])
 
-    def vision_for(self, image_path: str) -> tuple[torch.Tensor, int, dict[str, Any]]:
+    def vision_for(self, image: LargeImage) -> tuple[torch.Tensor, int, dict[str, Any]]:
         """The VisionZip tokens of the image (computed once per image) and the method's stats."""
-        vision, tiles = self.vision.get(image_path)
+        vision, tiles = self.vision.get(image)
         extra = {
             "projector_tokens": int(vision.shape[0]),  # only the kept tokens go through the projector
             "visionzip": {

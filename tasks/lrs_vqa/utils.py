@@ -92,9 +92,10 @@ def process_docs_star(dataset: Any):
 def doc_to_visual(doc: Mapping[str, Any]) -> list:
     """Return the document's image as a lazily decoded PIL image (header read only; pixels on first use).
 
-    Models of this plugin ignore this and read ``doc["image_path"]`` through their own large-image reader. A
-    missing or unreadable file gives an empty list (logged): the model then answers without the image and the
-    sample counts as whatever that answer scores, instead of aborting the whole run.
+    ``c2f_llava`` reads the file behind this lazy image through its own large-image reader (nothing is decoded to
+    learn the size). A missing file, or one Pillow cannot open, gives an empty list (logged): ``c2f_llava`` then reads
+    ``doc["image_path"]`` itself, so the image is either read by its own decoders (e.g. a 4-band TIFF) or the failure
+    is recorded on the sample; other models answer without the image. The run goes on either way.
     """
     from lrs_plugin.errors import ImageReadError
     from lrs_plugin.imagery import open_lazy
