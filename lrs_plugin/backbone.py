@@ -557,11 +557,13 @@ class Backbone:
             The prompt, ending with the assistant header.
 
         """
-        context = question if IMAGE_TOKEN in question else f"{IMAGE_TOKEN}\n{question}"
+        return self._chat_prompt(question if IMAGE_TOKEN in question else f"{IMAGE_TOKEN}\n{question}")
+
+    def _chat_prompt(self, content: str) -> str:
+        """One user turn in the tokenizer's chat template (``llava_hf``'s Vicuna template when it has none)."""
         template = self.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
-        messages = [{"role": "user", "content": context}]
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": content}], chat_template=template, tokenize=False, add_generation_prompt=True
         )
 
     def text_prompt_ids(self, question: str) -> torch.Tensor:
@@ -578,11 +580,7 @@ class Backbone:
         """
         import torch
 
-        context = question.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, "")
-        template = self.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": context}], chat_template=template, tokenize=False, add_generation_prompt=True
-        )
+        text = self._chat_prompt(question.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, ""))
         return self.tokenizer(text, return_tensors="pt")["input_ids"][0].to(torch.long)
 
     def split_prompt(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ __all__ = [
     "pillow_pixel_limit",
     "open_lazy",
     "open_image",
+    "file_of",
     "image_size",
     "check_pixel_limit",
     "LargeImage",
@@ -474,15 +475,18 @@ class ImageCache:
         self.close_all()
 
 
-def _file_behind(visual: Any) -> Path | None:
-    """The file a Pillow image was opened from, when it still stands for that file's pixels.
+def file_of(visual: Any) -> Path | None:
+    """The image file a visual stands for, or ``None`` for an in-memory image (or anything else).
 
-    That is an image returned by ``PIL.Image.open`` (or :func:`open_lazy`): an ``ImageFile`` with a ``filename`` of an
-    existing file (loaded or not: its pixels are read again through our decoders, with truncation refused). An image
-    derived from it (``convert``, ``crop``, ``resize``...) is a new, in-memory image without a file name.
+    A path (``str`` / ``os.PathLike``) is that file. A PIL image returned by ``PIL.Image.open`` (or :func:`open_lazy`)
+    is an ``ImageFile`` with the ``filename`` of an existing file, loaded or not: its pixels are read again from the
+    file through our decoders, with truncation refused. An image derived from it (``convert``, ``crop``,
+    ``resize``...) is a new, in-memory image without a file name.
     """
     from PIL import ImageFile
 
+    if isinstance(visual, (str, os.PathLike)):
+        return Path(visual)
     filename = getattr(visual, "filename", "") if isinstance(visual, ImageFile.ImageFile) else ""
     if filename and isinstance(filename, (str, os.PathLike)) and Path(filename).is_file():
         return Path(filename)
@@ -495,7 +499,7 @@ def open_image(visual: Any, **kwargs: Any) -> LargeImage:
     Accepted:
 
     * a path (``str`` / ``os.PathLike``): the file, header only (nothing is decoded to learn the size);
-    * a PIL image opened from a file (lazy or loaded, see :func:`_file_behind`): that file, read by our decoders;
+    * a PIL image opened from a file (lazy or loaded, see :func:`file_of`): that file, read by our decoders;
     * any other PIL image (e.g. decoded by ``datasets``): :meth:`LargeImage.from_pil`;
     * a numpy array ``[H, W]`` / ``[H, W, bands]``: :meth:`LargeImage.from_array`;
     * a list or tuple holding exactly one of these.
@@ -518,12 +522,12 @@ def open_image(visual: Any, **kwargs: Any) -> LargeImage:
         if not visual:
             raise ImageReadError("no image given (an empty list)")
         visual = visual[0]
-    if isinstance(visual, (str, os.PathLike)):
-        return LargeImage(visual, **kwargs)
+    path = file_of(visual)
+    if path is not None:
+        return LargeImage(path, **kwargs)
     memory_kwargs = {k: v for k, v in kwargs.items() if k in ("max_pixels", "region_cache_bytes")}
     if isinstance(visual, Image.Image):
-        path = _file_behind(visual)
-        return LargeImage(path, **kwargs) if path is not None else LargeImage.from_pil(visual, **memory_kwargs)
+        return LargeImage.from_pil(visual, **memory_kwargs)
     if isinstance(visual, np.ndarray):
         return LargeImage.from_array(visual, **memory_kwargs)
     if isinstance(visual, LargeImage):

@@ -138,9 +138,10 @@ class C2FLlava(lmms):
             self._warned_sampling = True
 
     # ------------------------------------------------------------------------------------------ one request
-    def _image_for(self, visuals: Any, doc: Mapping[str, Any]) -> LargeImage | None:
-        """The request's one image as a :class:`LargeImage`, or ``None`` for a text-only request.
+    def _image_for(self, visuals: Any, doc: Mapping[str, Any]) -> tuple[LargeImage | None, bool]:
+        """The request's one image (``None`` for a text-only request) and whether the caller must close it.
 
+        An in-memory image is the caller's, to close after the request; an image file belongs to the model's cache.
         ``visuals`` is what the task's ``doc_to_visual(doc)`` returned: a PIL image (eager or lazy), a path, an
         array, or a list of one of them. An empty list falls back to the document's ``image_path`` (so a missing file
         is recorded as such) or its ``image_error``. Image files are kept open in the model's cache (questions come
@@ -151,7 +152,7 @@ class C2FLlava(lmms):
             ImageReadError: the image cannot be read (names the file and the reason).
         """
         from lrs_plugin.errors import ImageReadError, MultipleImagesError
-        from lrs_plugin.imagery import open_image
+        from lrs_plugin.imagery import file_of, open_image
 
         items = list(visuals) if isinstance(visuals, (list, tuple)) else ([] if visuals is None else [visuals])
         if len(items) > 1:
@@ -163,14 +164,12 @@ class C2FLlava(lmms):
             if doc.get("image_error"):
                 raise ImageReadError(str(doc["image_error"]))
             if not doc.get("image_path"):
-                return None
+                return None, False
             items = [doc["image_path"]]
-        image = open_image(items[0])
-        if image.key[0] == "file":  # reuse the decoded file across the questions on it
-            path = image.path
-            image.close()  # only its header was read
-            return self.images.get(path)
-        return image
+        path = file_of(items[0])
+        if path is not None:  # one decode serves every question on the file
+            return self.images.get(path), False
+        return open_image(items[0]), True
 
     def _answer(
         self, doc: Mapping[str, Any], context: str, gen_kwargs: dict[str, Any], visuals: Any, name: str
@@ -181,11 +180,11 @@ class C2FLlava(lmms):
         self._check_greedy(gen_kwargs)
         start = time.perf_counter()
         step = "read"
-        image = None
+        image, owned = None, False
         try:
             if callable(visuals):
                 visuals = visuals(doc)
-            image = self._image_for(visuals, doc)
+            image, owned = self._image_for(visuals, doc)
             if image is not None:
                 image.load()  # decode now (every method needs the pixels): a broken file is a read failure
             step = "answer"
@@ -210,7 +209,7 @@ class C2FLlava(lmms):
                 "latency_s": time.perf_counter() - start,
             }
         finally:
-            if image is not None and image.key[0] != "file":
+            if owned:
                 image.close()
 
     def _answer_text_only(self, context: str, max_new_tokens: int) -> Any:
@@ -294,7 +293,7 @@ class C2FLlava(lmms):
                     stats["resume_error"] = f"{type(exc).__name__}: {exc}"
         if (request.metadata or {}).get(STATS_METADATA_KEY):
             try:
-                STORE.put(sample_key(doc, task=task, split=split, doc_id=doc_id), stats)
+                STORE.put(name, stats)
             except Exception as exc:  # noqa: BLE001
                 logger.opt(exception=True).error("c2f_llava: {}: stats hand-off failed: {}", name, exc)
         try:
@@ -307,6 +306,25 @@ class C2FLlava(lmms):
         counts = TokenCounts(input_tokens=stats.get("llm_input_len"), output_tokens=stats.get("new_tokens"))
         return GenerationResult(text=text, token_counts=counts), stats, fresh
 
+    def _image_path_of(self, request: Any, columns: dict[tuple[str, str], list[Any] | None]) -> str:
+        """The request's ``doc["image_path"]`` ("" when none), to answer the questions on one file in a row.
+
+        From a ``datasets`` split only that column is read, once per split (``columns`` caches it): indexing a row
+        would decode its images. Other containers (lists of documents) are indexed directly.
+        """
+        _context, _gen, _visual, doc_id, task, split = request.args
+        try:
+            docs = self.task_dict[task][split]
+            names = getattr(docs, "column_names", None)
+            if names is None:  # not a datasets split
+                return str(docs[doc_id].get("image_path") or "")
+            if (task, split) not in columns:
+                columns[(task, split)] = list(docs["image_path"]) if "image_path" in names else None
+            column = columns[(task, split)]
+            return str(column[doc_id] or "") if column is not None else ""
+        except Exception:  # noqa: BLE001 - reported when the request is answered
+            return ""
+
     def generate_until(self, requests: list) -> list[GenerationResult]:
         """Answer every request, grouped by image file (each decoded once), in the original order.
 
@@ -318,14 +336,8 @@ class C2FLlava(lmms):
 
         from lrs_plugin.accounting import EfficiencyTally
 
-        def image_of(i: int) -> str:
-            context, _gen, _visual, doc_id, task, split = requests[i].args
-            try:
-                return str(self.task_dict[task][split][doc_id].get("image_path") or "")
-            except Exception:  # noqa: BLE001 - reported when the request is answered
-                return ""
-
-        order = sorted(range(len(requests)), key=lambda i: (image_of(i), i))
+        columns: dict[tuple[str, str], list[Any] | None] = {}
+        order = sorted(range(len(requests)), key=lambda i: (self._image_path_of(requests[i], columns), i))
         results: list[GenerationResult | None] = [None] * len(requests)
         tally = EfficiencyTally()
         store = None

@@ -19,19 +19,17 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+from lmms_eval.utils import simple_parse_args_string
 from PIL import Image, ImageFile
 
 from lrs_plugin.imagery import LargeImage
 from lrs_plugin.reducers import available_reducers
 from lrs_plugin.sample_stats import STATS_METADATA_KEY, STORE
+from lrs_plugin.tiny import TINY_REDUCER_OPTIONS
 
 W, H = 400, 340  # above one 336-px tile, so every reducer (C2F's pyramid included) takes its ordinary path
-TINY_OPTIONS = {
-    "c2f": {"focus": "llm_attention", "focus_layer": 1},
-    "visionzip": {"dominant": 4, "contextual": 2},
-    "prumerge": {"adaptive": False, "reduction_ratio": 0.25},
-    "anyres": {"max_tiles": 1},
-}
+# the tiny checkpoints' --model_args fragments, parsed as lmms-eval parses --model_args
+TINY_OPTIONS = {name: simple_parse_args_string(args) for name, args in TINY_REDUCER_OPTIONS.items()}
 
 
 @pytest.fixture(scope="module")
