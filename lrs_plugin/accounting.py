@@ -17,7 +17,14 @@ __all__ = ["EFFICIENCY_KEYS", "EfficiencyTally", "ModelDims", "sample_tflops"]
 #: Per-sample efficiency figures every model of this plugin records; this plugin's tasks report each as a metric
 #: ``eff_<key>`` (the mean over the samples that have it), and :class:`EfficiencyTally` reports the same means for
 #: any task in lmms-eval's ``results["throughput"]``.
-EFFICIENCY_KEYS = ("vision_tokens_encoded", "vision_tokens_to_llm", "tflops", "latency_s")
+EFFICIENCY_KEYS = (
+    "vision_tokens_encoded",
+    "vision_tokens_to_llm",
+    "tflops",
+    "latency_s",
+    "focus_tile_recall",  # lrs_plugin.focus_recall: docs with a target box, reducers that report it
+    "focus_token_recall",
+)
 
 
 @dataclass(frozen=True)

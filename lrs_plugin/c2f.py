@@ -371,8 +371,25 @@ def run_c2f(
         "token_budget": cfg.token_budget,
         "kept_topk": k,
         "new_tokens": out.num_new_tokens,
+        **_focus_recall(session, grid, keep, doc),
     }
     return C2FResult(out.text, int(seq.shape[1]), stats, seq if return_inputs_embeds else None)
+
+
+def _focus_recall(session: _Session, grid: _Grid, keep: torch.Tensor, doc: Mapping[str, Any] | None) -> dict:
+    """``focus_tile_recall`` / ``focus_token_recall`` of the doc's ``hbox`` (both ``None`` without a box)."""
+    from lrs_plugin._c2f_grid import grid_token_boxes
+    from lrs_plugin.focus_recall import tile_recall, token_recall
+
+    box = None if doc is None else doc.get("hbox")
+    if box is None or len(box) != 4:
+        return {"focus_tile_recall": None, "focus_token_recall": None}
+    level = session.pyramid.levels[grid.level_index]
+    cells = grid_token_boxes(level, grid.shape_hw, per_tile=session.per_tile, has_newline=bool(grid.newlines))
+    return {
+        "focus_tile_recall": tile_recall(box, level, grid.tiles),
+        "focus_token_recall": token_recall(box, session.image.size, cells[keep.to(cells.device)].tolist()),
+    }
 
 
 def _all_tiles(session: _Session, level_index: int) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ Sub-commands::
     lrs-plugin score lrs_vqa ANSWERS.jsonl [MORE.jsonl ...] [--synonyms wordnet|exact] [--json]
     lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
     lrs-plugin demo [--out DIR] [--small]
+    lrs-plugin testbed generate --out DIR [--split eval|train] [--seed N] [--scenes N]
     lrs-plugin flops --paper-table [--json]
     lrs-plugin leaderboard submit RESULTS.json [--replace] | validate [FILE] | render [--readme README.md]
     lrs-plugin visualize --pretrained DIR --image FILE --question TEXT [--out focus.png] [--focus NAME]
@@ -57,6 +58,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline offline on generated data (no GPU, no Hub)")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for data, results and logs")
     p.add_argument("--small", action="store_true", help="fewer questions (used by the tests)")
+
+
+def _add_testbed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("testbed", help="the planted-target testbed benchmark (docs/testbed.md)")
+    tsub = p.add_subparsers(dest="testbed_command", required=True)
+    g = tsub.add_parser("generate", help="write lrs_synth scenes and questions in the LRS-VQA layout")
+    g.add_argument("--out", type=Path, required=True, help="dataset root (LRS_VQA/ is created inside)")
+    g.add_argument("--split", choices=("train", "eval"), default="eval", help="scene stream (disjoint)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the stream")
+    g.add_argument("--scenes", type=int, default=150, help="scenes to write (4 questions each)")
 
 
 def _add_flops(sub: argparse._SubParsersAction) -> None:
@@ -112,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fetch(sub)
     _add_score(sub)
     _add_demo(sub)
+    _add_testbed(sub)
     _add_flops(sub)
     _add_visualize(sub)
     _add_convert(sub)
@@ -238,6 +250,15 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _testbed(args: argparse.Namespace) -> int:
+    from lrs_plugin.testbed.scenes import write_lrs_synth
+
+    root = write_lrs_synth(args.out, split=args.split, seed=args.seed, num_scenes=args.scenes)
+    print(f"lrs_synth {args.split} split ({args.scenes} scenes, {4 * args.scenes} questions) in {root}")
+    print(f"evaluate it with: LRS_SYNTH_ROOT={root} lmms-eval --tasks lrs_synth --model c2f_llava ...")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lrs-plugin`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     args = build_parser().parse_args(argv)
@@ -245,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fetch": _fetch,
         "score": _score,
         "demo": _demo,
+        "testbed": _testbed,
         "flops": _flops,
         "visualize": _visualize,
         "leaderboard": _leaderboard,

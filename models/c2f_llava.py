@@ -67,6 +67,27 @@ def _apply_until(raw_text: str, until: Any) -> str:
     return text.strip()
 
 
+KEEP_ALL_REDUCERS = ("none", "anyres", "downsample")
+"""Reducers that send every encoded tile's every token: their focus recall is 1.0 whenever the doc has a box."""
+
+
+def _keep_all_recall(reducer: str, doc: Any, image_wh: tuple[int, int]) -> dict[str, float]:
+    """Recall 1.0 (tile and token) for :data:`KEEP_ALL_REDUCERS` when ``doc`` has a box inside the image.
+
+    Nothing otherwise: the other reducers do not report recall yet (:mod:`lrs_plugin.focus_recall`).
+    """
+    from lrs_plugin.focus_recall import clipped_box
+
+    box = doc.get("hbox") if isinstance(doc, Mapping) else None
+    if reducer not in KEEP_ALL_REDUCERS or not isinstance(box, (list, tuple)) or len(box) != 4:
+        return {}
+    try:
+        inside = clipped_box(box, image_wh) is not None
+    except ValueError:
+        return {}
+    return {"focus_tile_recall": 1.0, "focus_token_recall": 1.0} if inside else {}
+
+
 class C2FLlava(lmms):
     """lmms-eval model (simple request layout) running a reducer on a LLaVA-family backbone.
 
@@ -196,6 +217,8 @@ class C2FLlava(lmms):
             self._synchronize()
             stats = dict(out.stats)
             stats["latency_s"] = time.perf_counter() - start
+            if image is not None and "focus_tile_recall" not in stats:
+                stats.update(_keep_all_recall(self.settings.reducer, doc, image.size))
             step = "accounting"
             stats["tflops_by_stage"] = sample_tflops(stats, self.dims)
             stats["tflops"] = stats["tflops_by_stage"]["total"]

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -316,11 +316,13 @@ def resolve_root(root: str | Path | None = None) -> Path:
     raise DatasetNotFoundError(f"{source} {path} holds no {QUESTION_FILE} (nor is it LRS_VQA/ itself): {_MISSING_HINT}")
 
 
-def load_questions(path: str | Path) -> list[dict[str, Any]]:
+def load_questions(path: str | Path, *, subsets: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """Read the question file strictly: every row is checked, the first bad one raises.
 
     Args:
         path: ``LRS_VQA_merged.jsonl`` (JSON object per line; blank lines are skipped).
+        subsets: ``question_id`` prefix -> its categories; default :data:`SUBSETS` (another benchmark in the same
+            schema, e.g. the testbed's, passes its own).
 
     Returns:
         The rows as parsed, in file order.
@@ -336,7 +338,7 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
     rows = []
     seen: dict[str, int] = {}
     for where, number, row in iter_json_objects(path, error=DatasetSchemaError):
-        _check_row(row, where)
+        _check_row(row, where, SUBSETS if subsets is None else subsets)
         qid = row["question_id"]
         if qid in seen:
             raise DatasetSchemaError(f"{where}: question_id {qid!r} repeats line {seen[qid]}")
@@ -345,7 +347,7 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_row(row: Any, where: str) -> None:
+def _check_row(row: Any, where: str, subsets: Mapping[str, Sequence[str]]) -> None:
     if not isinstance(row, dict):
         raise DatasetSchemaError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for field in REQUIRED_FIELDS:
@@ -355,16 +357,17 @@ def _check_row(row: Any, where: str) -> None:
         if not isinstance(row[field], str):
             raise DatasetSchemaError(f"{where}: field {field!r} must be a string, got {row[field]!r}")
     subset = subset_of(row["question_id"])
-    if subset not in SUBSETS:
+    if subset not in subsets:
         raise DatasetSchemaError(
-            f"{where}: question_id {row['question_id']!r} has unknown prefix {subset!r}; valid: {', '.join(SUBSETS)}"
+            f"{where}: question_id {row['question_id']!r} has unknown prefix {subset!r}; valid: {', '.join(subsets)}"
         )
     category = row["category"]
-    if category not in CATEGORIES:
-        raise DatasetSchemaError(f"{where}: unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
-    if category not in SUBSETS[subset]:
+    known = sorted({c for cats in subsets.values() for c in cats})
+    if category not in known:
+        raise DatasetSchemaError(f"{where}: unknown category {category!r}; valid: {', '.join(known)}")
+    if category not in subsets[subset]:
         raise DatasetSchemaError(
-            f"{where}: category {category!r} does not occur in {subset}; valid there: {', '.join(SUBSETS[subset])}"
+            f"{where}: category {category!r} does not occur in {subset}; valid there: {', '.join(subsets[subset])}"
         )
     size = row["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
@@ -390,12 +393,15 @@ def subset_of(question_id: str) -> str:
     return question_id.rsplit("_", 1)[0]
 
 
-def build_docs(root: str | Path | None, subset: str | None = None) -> list[dict[str, Any]]:
+def build_docs(
+    root: str | Path | None, subset: str | None = None, *, subsets: Mapping[str, Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
     """Build the docs of one subset (``None``: all), in file order.
 
     Args:
         root: As in :func:`resolve_root` (``None``: ``$LRS_VQA_ROOT`` or the default fetch root).
         subset: ``"FAIR"``, ``"GLH-Bridge"``, ``"STAR"`` or ``None``.
+        subsets: As in :func:`load_questions`.
 
     Returns:
         Dicts with exactly the keys :data:`DOC_KEYS` (same types in every row, absent fields are ``None``):
@@ -406,11 +412,12 @@ def build_docs(root: str | Path | None, subset: str | None = None) -> list[dict[
         ConfigError: Unknown subset (valid ones named).
         DatasetNotFoundError / DatasetSchemaError: As in :func:`resolve_root` / :func:`load_questions`.
     """
-    if subset is not None and subset not in SUBSETS:
-        raise ConfigError(f"unknown LRS-VQA subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    table = SUBSETS if subsets is None else subsets
+    if subset is not None and subset not in table:
+        raise ConfigError(f"unknown LRS-VQA subset {subset!r}; valid: {', '.join(table)}")
     base = resolve_root(root)
     docs = []
-    for row in load_questions(base / QUESTION_FILE):
+    for row in load_questions(base / QUESTION_FILE, subsets=table):
         row_subset = subset_of(row["question_id"])
         if subset is not None and row_subset != subset:
             continue
