@@ -99,7 +99,12 @@ def test_demo_small_end_to_end(tmp_path):
     env = offline_env({"LRS_PLUGIN_HOME": str(tmp_path / "home")})
     proc = _cli("demo", "--small", "--out", str(tmp_path / "demo"), env=env)
     assert "AA (mean of categories)" in proc.stdout and "meaningless" in proc.stdout
-    assert list((tmp_path / "demo" / "results").rglob("*_results.json"))
+    results = list((tmp_path / "demo" / "results").rglob("*_results.json"))
+    assert results
+    for path in results:  # every task's efficiency reached its metrics (the MME task's metadata once dropped it)
+        metrics = json.loads(path.read_text())["results"]
+        for task in ("lrs_vqa_fair", "mmerealworld_rs"):
+            assert metrics[task]["eff_latency_s,none"] > 0, (path, task)
 
 
 def test_flops_setting_with_a_model_config(tmp_path):
