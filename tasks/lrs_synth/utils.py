@@ -7,12 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lrs_plugin import scoring
 from lrs_plugin.data import lrs_vqa as lrs_data
 from lrs_plugin.errors import DatasetNotFoundError
-from lrs_plugin.sample_stats import STORE, sample_key
-from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures
-from lrs_plugin.tasks.lrs_vqa.utils import SYNONYMS, _features, category_metric
+from lrs_plugin.tasks._common import log_failures
+from lrs_plugin.tasks.lrs_vqa.utils import SYNONYMS, _features, score_sample
 
 __all__ = ["BENCHMARK", "ROOT_ENV", "SUBSETS", "process_docs", "process_results", "resolve_root"]
 
@@ -59,24 +57,4 @@ def process_docs(dataset: Any):
 @log_failures
 def process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str, Any]:
     """Score one answer as ``lrs_vqa`` does: ``oa`` (0 or 100), ``aa`` (the sample record), ``cat_*``, ``eff_*``."""
-    prediction = first_response(results)
-    stats = STORE.get(sample_key(doc)) or {}
-    error = stats.get("error")
-    correct = error is None and scoring.lrs_is_correct(prediction, doc["ground_truth"], synonyms=SYNONYMS)
-    score = 100.0 if correct else 0.0
-    record = {
-        "question_id": doc["question_id"],
-        "subset": doc["subset"],
-        "category": doc["category"],
-        "prediction": prediction,
-        "ground_truth": doc["ground_truth"],
-        "correct": bool(correct),
-        "synonyms": SYNONYMS,
-        "error": error,
-    }
-    out: dict[str, Any] = {"aa": record, "oa": score}
-    for category in SUBSETS[doc["subset"]]:
-        out[category_metric(category)] = score if doc["category"] == category else None
-    out.update(efficiency_metrics(stats))
-    STORE.pop(sample_key(doc))
-    return out
+    return score_sample(doc, results, SUBSETS)

@@ -25,6 +25,7 @@ __all__ = [
     "doc_to_visual",
     "doc_to_text",
     "process_results",
+    "score_sample",
     "aggregate_aa",
     "mean_skip_none",
 ]
@@ -121,6 +122,13 @@ def process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str,
 
     A sample whose model recorded a failure (e.g. unreadable image) is scored wrong and keeps the reason.
     """
+    return score_sample(doc, results, lrs_data.SUBSETS)
+
+
+def score_sample(
+    doc: Mapping[str, Any], results: Sequence[Any], subsets: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
+    """:func:`process_results` for any benchmark in the LRS-VQA schema; ``subsets`` names each subset's categories."""
     prediction = first_response(results)
     stats = STORE.get(sample_key(doc)) or {}
     error = stats.get("error")
@@ -137,7 +145,7 @@ def process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[str,
         "error": error,
     }
     out: dict[str, Any] = {"aa": record, "oa": score}
-    for category in lrs_data.SUBSETS[doc["subset"]]:
+    for category in subsets[doc["subset"]]:
         out[category_metric(category)] = score if doc["category"] == category else None
     out.update(efficiency_metrics(stats))
     STORE.pop(sample_key(doc))  # only once the sample is scored: lmms-eval retries a process_results that raised
