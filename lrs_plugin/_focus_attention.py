@@ -25,6 +25,7 @@ __all__ = [
     "check_full_attention",
     "check_masked_key_mode",
     "check_span",
+    "query_logits",
     "query_row_scores",
     "run_layers",
 ]
@@ -160,6 +161,50 @@ def _rotate(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: tor
     return rotated
 
 
+def query_logits(
+    layer: torch.nn.Module,
+    hidden: torch.Tensor,
+    *,
+    config: Any,
+    rotary_emb: torch.nn.Module,
+    keys: slice,
+    query_index: int,
+) -> torch.Tensor:
+    """Raw per-head attention logits of one query over a span of keys, from ``layer``'s own q/k (method.md §3.2).
+
+    ``layer.input_layernorm`` -> ``q_proj`` (query row) / ``k_proj`` (the keys; biases included when the layer has
+    them) -> heads -> RoPE at absolute positions -> K repeated over GQA groups -> ``q . k * scaling``. No mask, no
+    softmax; differentiable (the RFM distillation trains through it).
+
+    Args:
+        layer: A decoder layer (its attention is never run).
+        hidden: ``[1, L, C]`` input of ``layer``.
+        config: Text config giving the head counts and width.
+        rotary_emb: Rotary embedding module of the model.
+        keys: Key positions ``start:stop`` (step 1) inside ``[0, L)``.
+        query_index: Absolute position of the query token.
+
+    Returns:
+        ``[heads, stop - start]`` float32 logits.
+
+    """
+    import torch
+
+    heads, kv_heads, head_dim = attention_dims(config)
+    start, stop = keys.start or 0, keys.stop
+    attn = layer.self_attn
+    scaling = float(getattr(attn, "scaling", head_dim**-0.5))
+    normed = layer.input_layernorm(hidden)
+    q = attn.q_proj(normed[:, query_index : query_index + 1]).view(1, 1, heads, head_dim).transpose(1, 2)
+    k = attn.k_proj(normed[:, start:stop]).view(1, stop - start, kv_heads, head_dim).transpose(1, 2)
+    q_pos = torch.tensor([[query_index]], device=hidden.device)
+    k_pos = torch.arange(start, stop, device=hidden.device).unsqueeze(0)
+    q = _rotate(layer, q, *rotary_emb(hidden, position_ids=q_pos))
+    k = _rotate(layer, k, *rotary_emb(hidden, position_ids=k_pos))
+    k = k.repeat_interleave(heads // kv_heads, dim=1)  # head h reads kv head h // groups, as repeat_kv does
+    return torch.einsum("hd,hnd->hn", q[0, :, 0].float(), k[0].float()) * scaling  # [heads, N]
+
+
 def query_row_scores(
     layer: torch.nn.Module,
     hidden: torch.Tensor,
@@ -202,20 +247,9 @@ def query_row_scores(
 
     check_masked_key_mode(masked_key_mode)
     start, stop = check_span(hidden.shape[1], grid_span, query_index)
-    heads, kv_heads, head_dim = attention_dims(config)
-    attn = layer.self_attn
-    scaling = float(getattr(attn, "scaling", head_dim**-0.5))
-
-    normed = layer.input_layernorm(hidden)
-    q = attn.q_proj(normed[:, query_index : query_index + 1]).view(1, 1, heads, head_dim).transpose(1, 2)
-    k = attn.k_proj(normed[:, start:stop]).view(1, stop - start, kv_heads, head_dim).transpose(1, 2)
-    q_pos = torch.tensor([[query_index]], device=hidden.device)
-    k_pos = torch.arange(start, stop, device=hidden.device).unsqueeze(0)
-    q = _rotate(layer, q, *rotary_emb(hidden, position_ids=q_pos))
-    k = _rotate(layer, k, *rotary_emb(hidden, position_ids=k_pos))
-    k = k.repeat_interleave(heads // kv_heads, dim=1)  # head h reads kv head h // groups, as repeat_kv does
-
-    logits = torch.einsum("hd,hnd->hn", q[0, :, 0].float(), k[0].float()) * scaling  # [heads, N]
+    logits = query_logits(
+        layer, hidden, config=config, rotary_emb=rotary_emb, keys=slice(start, stop), query_index=query_index
+    )
     if key_mask is not None:
         masked = ~key_mask.to(logits.device, torch.bool)[start:stop]
         if masked_key_mode == "faithful":

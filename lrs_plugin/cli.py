@@ -8,6 +8,8 @@ Sub-commands::
     lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
     lrs-plugin demo [--out DIR] [--small]
     lrs-plugin testbed generate --out DIR [--split eval|train] [--seed N] [--scenes N]
+    lrs-plugin testbed train --out DIR [--steps N] [--batch-size N] [--scenes N] [--seed N] [--threads N]
+    lrs-plugin train-rfm --pretrained DIR --data ROOT --llm-layer-list 2,4 [--out FILE] [--steps N] [--questions N]
     lrs-plugin flops --paper-table [--json]
     lrs-plugin leaderboard submit RESULTS.json [--replace] | validate [FILE] | render [--readme README.md]
     lrs-plugin visualize --pretrained DIR --image FILE --question TEXT [--out focus.png] [--focus NAME]
@@ -68,6 +70,34 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--split", choices=("train", "eval"), default="eval", help="scene stream (disjoint)")
     g.add_argument("--seed", type=int, default=0, help="seed of the stream")
     g.add_argument("--scenes", type=int, default=150, help="scenes to write (4 questions each)")
+    from lrs_plugin.testbed.train import TrainConfig
+
+    d = TrainConfig()
+    t = tsub.add_parser("train", help="train the testbed LLaVA-NeXT from scratch on train-split scenes (CPU)")
+    t.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    t.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step ({d.batch_size})")
+    t.add_argument("--scenes", type=int, default=d.train_scenes, help=f"train-split scenes ({d.train_scenes})")
+    t.add_argument("--seed", type=int, default=d.seed, help="seed of weights, scenes and examples")
+    t.add_argument("--threads", type=int, default=d.threads, help=f"torch threads ({d.threads})")
+
+
+def _add_train_rfm(sub: argparse._SubParsersAction) -> None:
+    from lrs_plugin.rfm_distill import DistillConfig
+
+    d = DistillConfig(llm_layer_list=(1,))
+    p = sub.add_parser("train-rfm", help="distill a Region Focus Module from a checkpoint's own attention (§6)")
+    p.add_argument("--pretrained", required=True, help="checkpoint folder (or Hub id) the plugin loads")
+    p.add_argument("--data", type=Path, required=True, help="benchmark root in the LRS-VQA layout (questions)")
+    p.add_argument("--llm-layer-list", required=True, help="LLM layers to distill, e.g. 2,6,10,14 (R = len + 1)")
+    p.add_argument("--out", type=Path, default=None, help="output .safetensors (default <pretrained>/rfm.safetensors)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps ({d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate ({d.lr})")
+    p.add_argument("--questions", type=int, default=200, help="questions recorded from the file's start (200)")
+    p.add_argument("--skip-stack", default="1,2", help="stack indices left out of the loss (release: 1,2; '' none)")
+    p.add_argument("--num-zoom-steps", type=int, default=1, help="C2F zoom steps of the recording run (1)")
+    p.add_argument("--write-config", action="store_true", help="write llm_layer_list into <pretrained>/config.json")
+    p.add_argument("--device", default="cpu", help="device of the backbone (cpu, cuda, ...)")
 
 
 def _add_flops(sub: argparse._SubParsersAction) -> None:
@@ -124,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_demo(sub)
     _add_testbed(sub)
+    _add_train_rfm(sub)
     _add_flops(sub)
     _add_visualize(sub)
     _add_convert(sub)
@@ -250,7 +281,51 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _int_list(value: str, name: str) -> tuple[int, ...]:
+    from lrs_plugin.errors import ConfigError
+
+    try:
+        return tuple(int(v) for v in value.replace(" ", "").strip("[]()").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} must be comma-separated integers, e.g. 2,6,10,14") from None
+
+
+def _train_rfm(args: argparse.Namespace) -> int:
+    from lrs_plugin.rfm_distill import DistillConfig, train_rfm
+
+    layers = _int_list(args.llm_layer_list, "--llm-layer-list")
+    config = DistillConfig(
+        llm_layer_list=layers, steps=args.steps, lr=args.lr, skip_stack=_int_list(args.skip_stack, "--skip-stack")
+    )
+    record = train_rfm(
+        args.pretrained,
+        args.data,
+        llm_layer_list=layers,
+        out=args.out,
+        max_questions=args.questions,
+        config=config,
+        c2f_options={"num_zoom_steps": args.num_zoom_steps},
+        write_config=args.write_config,
+        device=args.device,
+    )
+    print(
+        f"RFM ({len(layers) + 1} layers, llm_layer_list={list(layers)}) distilled on {record['passes']} passes of "
+        f"{record['questions']} questions in {record['total_s']} s; held-out loss {record['held_out_loss_before']} "
+        f"-> {record['held_out_loss_after']}; saved {record['rfm_path']}"
+    )
+    return 0
+
+
 def _testbed(args: argparse.Namespace) -> int:
+    if args.testbed_command == "train":
+        from lrs_plugin.testbed.train import TrainConfig, train_testbed
+
+        config = TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, train_scenes=args.scenes, seed=args.seed, threads=args.threads
+        )
+        record = train_testbed(args.out, config)
+        print(f"testbed model trained in {record['train_s']} s ({record['parameters']} parameters): {args.out}")
+        return 0
     from lrs_plugin.testbed.scenes import write_lrs_synth
 
     root = write_lrs_synth(args.out, split=args.split, seed=args.seed, num_scenes=args.scenes)
@@ -267,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "score": _score,
         "demo": _demo,
         "testbed": _testbed,
+        "train-rfm": _train_rfm,
         "flops": _flops,
         "visualize": _visualize,
         "leaderboard": _leaderboard,

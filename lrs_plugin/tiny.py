@@ -125,6 +125,16 @@ _CHATML_TEMPLATE = (
 )
 
 _IMAGE_TOKEN = "<image>"
+_WIDTHS = (
+    "text_hidden",
+    "text_intermediate",
+    "text_heads",
+    "text_kv_heads",
+    "rope_theta",
+    "vision_hidden",
+    "vision_intermediate",
+    "vision_heads",
+)
 # Per text-model family: special tokens in id order (ids 0..k-1) and their roles.
 _SPECIALS: dict[str, dict[str, Any]] = {
     "llama": {
@@ -165,8 +175,8 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not supported; valid choices: {', '.join(choices)}")
 
 
-def _build_tokenizer(lm: str, vocab_size: int) -> Any:
-    """Train a byte-level BPE tokenizer on :data:`CORPUS` and wrap it as a ``PreTrainedTokenizerFast``."""
+def _build_tokenizer(lm: str, vocab_size: int, corpus: tuple[str, ...] = CORPUS) -> Any:
+    """Train a byte-level BPE tokenizer on ``corpus`` (:data:`CORPUS`) and wrap it as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -180,7 +190,7 @@ def _build_tokenizer(lm: str, vocab_size: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(CORPUS, trainer=trainer)
+    backend.train_from_iterator(corpus, trainer=trainer)
     if spec["add_bos"]:
         bos = spec["roles"]["bos_token"]
         backend.post_processor = processors.TemplateProcessing(
@@ -195,16 +205,18 @@ def _build_tokenizer(lm: str, vocab_size: int) -> Any:
     )
 
 
-def _text_config(lm: str, *, vocab_size: int, tokenizer: Any, layers: int, init_std: float) -> Any:
+def _text_config(
+    lm: str, *, vocab_size: int, tokenizer: Any, layers: int, init_std: float, widths: dict[str, Any]
+) -> Any:
     from transformers import LlamaConfig, Qwen2Config
 
     common = {
         "vocab_size": vocab_size,
-        "hidden_size": 64,
-        "intermediate_size": 128,
+        "hidden_size": widths.get("text_hidden", 64),
+        "intermediate_size": widths.get("text_intermediate", 128),
         "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": widths.get("text_heads", 4),
+        "num_key_value_heads": widths.get("text_kv_heads", 2),
         "max_position_embeddings": 4096,
         "initializer_range": init_std,
         "tie_word_embeddings": False,
@@ -212,17 +224,28 @@ def _text_config(lm: str, *, vocab_size: int, tokenizer: Any, layers: int, init_
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if widths.get("rope_theta") is not None:
+        common["rope_parameters"] = {"rope_type": "default", "rope_theta": float(widths["rope_theta"])}
     return LlamaConfig(**common) if lm == "llama" else Qwen2Config(**common)
 
 
-def _model_config(arch: str, text_config: Any, *, image_token_id: int, image_size: int, patch_size: int, vl: int):
+def _model_config(
+    arch: str,
+    text_config: Any,
+    *,
+    image_token_id: int,
+    image_size: int,
+    patch_size: int,
+    vl: int,
+    widths: dict[str, Any],
+) -> Any:
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaNextConfig
 
     vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=widths.get("vision_hidden", 32),
+        intermediate_size=widths.get("vision_intermediate", 64),
         num_hidden_layers=vl,
-        num_attention_heads=4,
+        num_attention_heads=widths.get("vision_heads", 4),
         image_size=image_size,
         patch_size=patch_size,
         projection_dim=32,
@@ -285,6 +308,9 @@ def build_tiny_llava(
     vision_layers: int = 2,
     vocab_size: int = 512,
     init_std: float = 0.25,
+    widths: dict[str, Any] | None = None,
+    corpus: tuple[str, ...] = CORPUS,
+    silence: bool = True,
 ) -> Path:
     """Build, save and return a tiny random LLaVA checkpoint folder.
 
@@ -302,6 +328,13 @@ def build_tiny_llava(
         vocab_size: Target BPE vocabulary size (the trainer may stop earlier on the small corpus); the model's
             ``vocab_size`` is the tokenizer's final length.
         init_std: Standard deviation of the random weights (``initializer_range`` of both towers).
+        widths: Overrides of the tiny sizes: ``text_hidden`` (64), ``text_intermediate`` (128), ``text_heads`` (4),
+            ``text_kv_heads`` (2), ``rope_theta`` (the family's default), ``vision_hidden`` (32),
+            ``vision_intermediate`` (64), ``vision_heads`` (4). The testbed model (:mod:`lrs_plugin.testbed`) uses
+            them; the test checkpoints keep the defaults.
+        corpus: Training text of the tokenizer (default :data:`CORPUS`).
+        silence: Zero the ``lm_head`` rows of the tokens decoding should never emit (see the module docstring);
+            ``False`` for a checkpoint that is going to be trained.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -324,13 +357,23 @@ def build_tiny_llava(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(lm, vocab_size)
+    widths = dict(widths or {})
+    unknown = sorted(set(widths) - set(_WIDTHS))
+    if unknown:
+        raise ConfigError(f"widths has unknown keys {unknown}; valid: {', '.join(_WIDTHS)}")
+    tokenizer = _build_tokenizer(lm, vocab_size, corpus)
     image_token_id = tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN)
     text_config = _text_config(
-        lm, vocab_size=len(tokenizer), tokenizer=tokenizer, layers=text_layers, init_std=init_std
+        lm, vocab_size=len(tokenizer), tokenizer=tokenizer, layers=text_layers, init_std=init_std, widths=widths
     )
     config = _model_config(
-        arch, text_config, image_token_id=image_token_id, image_size=image_size, patch_size=patch_size, vl=vision_layers
+        arch,
+        text_config,
+        image_token_id=image_token_id,
+        image_size=image_size,
+        patch_size=patch_size,
+        vl=vision_layers,
+        widths=widths,
     )
     config.vision_config.initializer_range = init_std
     config.vision_config.initializer_factor = init_std / 0.02
@@ -339,8 +382,9 @@ def build_tiny_llava(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight[_silent_ids(tokenizer)] = 0.0
+    if silence:
+        with torch.no_grad():
+            model.lm_head.weight[_silent_ids(tokenizer)] = 0.0
     model.generation_config = GenerationConfig(
         do_sample=False,
         num_beams=1,

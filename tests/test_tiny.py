@@ -177,3 +177,23 @@ def test_greedy_output_is_not_degenerate(tiny, variant):
 def test_unknown_arch_or_lm_is_refused(tmp_path, arch, lm, match):
     with pytest.raises(ConfigError, match=rf"{match}=.*valid choices: .*"):
         build_tiny_llava(tmp_path, arch=arch, lm=lm)
+
+
+def test_widths_and_corpus_override_the_tiny_sizes(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    out = build_tiny_llava(
+        tmp_path / "w",
+        arch="llava_next",
+        lm="qwen2",
+        widths={"text_hidden": 96, "text_intermediate": 160, "vision_hidden": 48, "rope_theta": 500.0},
+        corpus=("zebra zebra zebra giraffe giraffe giraffe",) * 3,
+        silence=False,
+    )
+    config = AutoConfig.from_pretrained(out)
+    assert config.text_config.hidden_size == 96 and config.text_config.intermediate_size == 160
+    assert config.vision_config.hidden_size == 48
+    assert config.text_config.rope_parameters["rope_theta"] == 500.0
+    assert "zebra" in AutoTokenizer.from_pretrained(out).get_vocab()  # trained on the given corpus
+    with pytest.raises(ConfigError, match=r"widths has unknown keys \['hidden'\]"):
+        build_tiny_llava(tmp_path / "x", widths={"hidden": 8})
