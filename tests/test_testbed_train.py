@@ -22,6 +22,8 @@ from lrs_plugin.testbed.train import AUX_COLORS, AUX_SHAPES, TrainConfig, cell_l
         {"format_mix": {"stock_whole": 1, "bogus": 1}},
         {"format_mix": {"stock_whole": 0.0}},
         {"seed": -1},
+        {"curriculum": 1.5},
+        {"aux_weight": float("inf")},
     ],
 )
 def test_bad_train_configs_are_refused(kwargs):

@@ -53,9 +53,9 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT_MIX",
     "MODEL_SPEC",
-    "TESTBED_CORPUS",
     "TrainConfig",
     "build_testbed_model",
+    "testbed_corpus",
     "train_testbed",
 ]
 
@@ -102,14 +102,11 @@ def _testbed_texts() -> tuple[str, ...]:
     )
 
 
-def _corpus() -> tuple[str, ...]:
+def testbed_corpus() -> tuple[str, ...]:
+    """Tokenizer training text: :data:`lrs_plugin.tiny.CORPUS` plus the testbed's questions and answers."""
     from lrs_plugin.tiny import CORPUS
 
     return CORPUS + _testbed_texts()
-
-
-TESTBED_CORPUS: tuple[str, ...] = ()  # filled lazily by _corpus(); kept for the docs
-"""Tokenizer training text: :data:`lrs_plugin.tiny.CORPUS` plus the testbed's questions and answers."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +145,15 @@ class TrainConfig:
                 f"TrainConfig.format_mix={self.format_mix!r} is invalid; valid: non-negative shares of "
                 f"{', '.join(FORMAT_MIX)}"
             )
+        if (
+            not isinstance(self.curriculum, (int, float))
+            or isinstance(self.curriculum, bool)
+            or not (0 <= self.curriculum <= 1)
+        ):
+            raise ConfigError(f"TrainConfig.curriculum={self.curriculum!r} is invalid; valid: a share in [0, 1]")
+        aux = self.aux_weight
+        if isinstance(aux, bool) or not isinstance(aux, (int, float)) or not math.isfinite(aux) or aux < 0:
+            raise ConfigError(f"TrainConfig.aux_weight={aux!r} is invalid; valid: a finite number >= 0")
         if sum(self.format_mix.values()) <= 0:
             raise ConfigError("TrainConfig.format_mix needs at least one positive share")
 
@@ -156,7 +162,7 @@ def build_testbed_model(out_dir: str | Path, *, seed: int = 0) -> Path:
     """Write the untrained testbed checkpoint (random weights, std 0.02) to ``out_dir``."""
     from lrs_plugin.tiny import build_tiny_llava
 
-    return build_tiny_llava(out_dir, seed=seed, corpus=_corpus(), silence=False, **MODEL_SPEC)
+    return build_tiny_llava(out_dir, seed=seed, corpus=testbed_corpus(), silence=False, **MODEL_SPEC)
 
 
 # --------------------------------------------------------------------------------------------- examples
