@@ -391,13 +391,14 @@ class Backbone:
             return (x - mean[:, None, None]) / std[:, None, None]
         return x * scale
 
-    def encode_tiles(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_tiles(self, pixel_values: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
         """Vision tower -> feature layer -> select strategy -> projector, in chunks of ``tile_batch_size``.
 
         The same computation as the model's ``get_image_features`` for one tile per image.
 
         Args:
             pixel_values: ``[n, 3, S, S]`` normalized tiles (any float dtype / device).
+            grad: Keep the autograd graph (training the towers, :mod:`lrs_plugin.testbed.train`); default off.
 
         Returns:
             ``[n, T, C]`` projected features in the projector's dtype, on the model device. The tower runs in its
@@ -417,7 +418,7 @@ class Backbone:
         vision_param = next(inner.vision_tower.parameters())
         projector_dtype = self.projector_dtype
         chunks = []
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             for start in range(0, pixel_values.shape[0], self.tile_batch_size):
                 chunk = pixel_values[start : start + self.tile_batch_size].to(vision_param.device, vision_param.dtype)
                 states = inner.vision_tower(chunk, output_hidden_states=True, return_dict=True).hidden_states

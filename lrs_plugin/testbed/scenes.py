@@ -305,6 +305,25 @@ def make_scene(split: str, seed: int, index: int) -> Scene:
     return Scene(np.asarray(canvas).copy(), tuple(objects))
 
 
+def question(category: str, scene: Scene, obj: PlantedObject | None = None) -> tuple[str, str]:
+    """``(text, answer)`` of a ``category`` question about ``obj`` (a target; ignored for ``count``).
+
+    The one wording of every question, shared by the benchmark files and the model's training examples.
+
+    Raises:
+        ConfigError: an unknown category, or no target for a per-object category.
+    """
+    if category == "count":
+        return f"How many white circles are there?{COUNT_SUFFIX}", str(len(scene.discs()))
+    if category not in CATEGORIES or obj is None:
+        raise ConfigError(f"category={category!r} with object {obj!r}: valid categories {', '.join(CATEGORIES)}")
+    if category == "object shape":
+        return f"What is the shape of the {obj.color} object?{NONCOUNT_SUFFIX}", obj.kind
+    if category == "object color":
+        return f"What is the color of the {obj.kind}?{NONCOUNT_SUFFIX}", obj.color
+    return f"In which part of the image is the {obj.color} object?{NONCOUNT_SUFFIX}", position_of(obj, scene.size)
+
+
 def scene_questions(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
     """The four questions of a scene: ``category``, ``text``, ``ground_truth``, ``hbox``."""
     targets = scene.targets()
@@ -314,32 +333,16 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[dict[str, An
     discs = scene.discs()
     union = [min(d.box[0] for d in discs), min(d.box[1] for d in discs)]
     union += [max(d.box[2] for d in discs), max(d.box[3] for d in discs)]
-    return [
-        {
-            "category": "object shape",
-            "text": f"What is the shape of the {shape_t.color} object?{NONCOUNT_SUFFIX}",
-            "ground_truth": shape_t.kind,
-            "hbox": list(shape_t.box),
-        },
-        {
-            "category": "object color",
-            "text": f"What is the color of the {color_t.kind}?{NONCOUNT_SUFFIX}",
-            "ground_truth": color_t.color,
-            "hbox": list(color_t.box),
-        },
-        {
-            "category": "count",
-            "text": f"How many white circles are there?{COUNT_SUFFIX}",
-            "ground_truth": str(len(discs)),
-            "hbox": union,
-        },
-        {
-            "category": "object position",
-            "text": f"In which part of the image is the {position_t.color} object?{NONCOUNT_SUFFIX}",
-            "ground_truth": position_of(position_t, scene.size),
-            "hbox": list(position_t.box),
-        },
-    ]
+    rows = []
+    for category, obj, box in (
+        ("object shape", shape_t, list(shape_t.box)),
+        ("object color", color_t, list(color_t.box)),
+        ("count", None, union),
+        ("object position", position_t, list(position_t.box)),
+    ):
+        text, answer = question(category, scene, obj)
+        rows.append({"category": category, "text": text, "ground_truth": answer, "hbox": box})
+    return rows
 
 
 def _write_image(path: Path, pixels: np.ndarray) -> None:

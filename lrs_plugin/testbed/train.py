@@ -247,23 +247,13 @@ def caption_of(objects: Sequence[sc.PlantedObject], boxes: Sequence[tuple[float,
 
 def _questions(scene: sc.Scene, rng: np.random.Generator, *, target: sc.PlantedObject | None, whole: bool):
     """``(category, text, answer)`` candidates about ``target`` (and the whole-scene ones when ``whole``)."""
-    out = []
-    if target is not None:
-        out.append(
-            ("object shape", f"What is the shape of the {target.color} object?{sc.NONCOUNT_SUFFIX}", target.kind)
-        )
-        out.append(("object color", f"What is the color of the {target.kind}?{sc.NONCOUNT_SUFFIX}", target.color))
-    first = scene.targets()[0]  # the one placed away from the midlines
-    out.append(
-        (
-            "object position",
-            f"In which part of the image is the {first.color} object?{sc.NONCOUNT_SUFFIX}",
-            sc.position_of(first, scene.size),
-        )
-    )
+    categories = ["object shape", "object color"] if target is not None else []
+    categories.append("object position")
     if whole:
-        out.append(("count", f"How many white circles are there?{sc.COUNT_SUFFIX}", str(len(scene.discs()))))
-    return out
+        categories.append("count")
+    first = scene.targets()[0]  # the one placed away from the midlines: the position question's object
+    objects = {"object shape": target, "object color": target, "object position": first, "count": None}
+    return [(c, *sc.question(c, scene, objects[c])) for c in categories]
 
 
 class _ExampleMaker:
@@ -379,7 +369,7 @@ class _ExampleMaker:
         per_tile = bb.patches_per_side // 2
 
         def layout(feats: torch.Tensor) -> torch.Tensor:
-            thumb, grid_feats = feats[0], bb_pool(feats[1:])
+            thumb, grid_feats = feats[0], bb.pool2x2(feats[1:])
             embeds, mask, shape = build_level_grid(grid_feats, tiles, level.grid_hw, content_wh, newline)
             keep = mask.clone()
             if ratio < 1.0:
@@ -393,9 +383,6 @@ class _ExampleMaker:
                     keep |= hit & mask
             keep[grid_newline_indices(shape, True)] = True
             return torch.cat([thumb, _embed(bb, sep_ids), embeds[keep]], dim=0)
-
-        def bb_pool(x: torch.Tensor) -> torch.Tensor:
-            return bb.pool2x2(x)
 
         t = bb.tile_size
         sx, sy = w / rw, h / rh  # source pixels per level pixel
@@ -453,16 +440,6 @@ class _ExampleMaker:
 
 
 # --------------------------------------------------------------------------------------------- training
-def _encode(bb: Backbone, pixels: torch.Tensor) -> torch.Tensor:
-    """Differentiable :meth:`Backbone.encode_tiles`: ``[n, 3, S, S]`` -> ``[n, T, C]``."""
-    inner = bb.model.model
-    states = inner.vision_tower(pixels, output_hidden_states=True, return_dict=True).hidden_states
-    feats = states[bb.config.vision_feature_layer]
-    if bb.config.vision_feature_select_strategy == "default":
-        feats = feats[:, 1:]
-    return inner.multi_modal_projector(feats)
-
-
 def _embed(bb: Backbone, ids: torch.Tensor) -> torch.Tensor:
     """Differentiable token embeddings ``[L] -> [L, C]`` (:meth:`Backbone.embed_ids` runs without autograd)."""
     return bb.language_model.get_input_embeddings()(ids)
@@ -480,7 +457,7 @@ def _sequences(
     import torch.nn.functional as F
 
     tiles = torch.from_numpy(np.concatenate([e.tiles for e in examples], axis=0))
-    feats = _encode(bb, tiles)
+    feats = bb.encode_tiles(tiles, grad=True)
     aux_loss = None
     if aux is not None:
         cells = [
