@@ -7,12 +7,13 @@ Sub-commands::
     lrs-plugin score lrs_vqa ANSWERS.jsonl [MORE.jsonl ...] [--synonyms wordnet|exact] [--json]
     lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
     lrs-plugin demo [--out DIR] [--small]
+    lrs-plugin testbed --out DIR [--json] [--limit N] [--rows a,b,...]
     lrs-plugin testbed generate --out DIR [--split eval|train] [--seed N] [--scenes N]
     lrs-plugin testbed train --out DIR [--steps N] [--batch-size N] [--scenes N] [--seed N] [--threads N]
     lrs-plugin train-rfm --pretrained DIR --data ROOT --llm-layer-list 2,4 [--out FILE] [--steps N] [--questions N]
     lrs-plugin flops --paper-table [--json]
     lrs-plugin leaderboard submit RESULTS.json [--replace] | validate [FILE] | render [--readme README.md]
-    lrs-plugin visualize --pretrained DIR --image FILE --question TEXT [--out focus.png] [--focus NAME]
+    lrs-plugin visualize --pretrained DIR --image FILE --question TEXT [--out focus.png] [--focus NAME] [--box ...]
     lrs-plugin flops --model-config CONFIG.json --vision-tokens N [--convention paper|full] [--json]
     lrs-plugin convert SOURCE OUT [--vision-tower PATH_OR_ID] [--dtype auto|float32|float16|bfloat16] [--overwrite]
 
@@ -63,8 +64,31 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_testbed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("testbed", help="the planted-target testbed benchmark (docs/testbed.md)")
-    tsub = p.add_subparsers(dest="testbed_command", required=True)
+    from lrs_plugin.testbed.table import ROW_KEYS
+
+    p = sub.add_parser(
+        "testbed",
+        help="the planted-target testbed (docs/testbed.md): with no sub-command, generate, train, distill, evaluate "
+        "every method through lmms-eval and print the table",
+    )
+    p.add_argument("--out", type=Path, default=None, help="working folder (stages already in it are reused)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--limit", type=int, default=None, help="questions per method (default: all 600)")
+    p.add_argument("--rows", default=",".join(ROW_KEYS), help=f"methods to run (default: {','.join(ROW_KEYS)})")
+    from lrs_plugin.testbed.table import TestbedConfig
+    from lrs_plugin.testbed.train import TrainConfig
+
+    td, d = TestbedConfig(), TrainConfig()
+    p.add_argument("--eval-scenes", type=int, default=td.eval_scenes, help=f"evaluation scenes ({td.eval_scenes})")
+    p.add_argument("--rfm-scenes", type=int, default=td.rfm_scenes, help=f"train scenes for the RFM ({td.rfm_scenes})")
+    p.add_argument("--rfm-steps", type=int, default=td.rfm_steps, help=f"RFM distillation steps ({td.rfm_steps})")
+    p.add_argument("--seed", type=int, default=td.seed, help="seed of data, weights and examples (0)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps ({d.steps})")
+    p.add_argument("--vision-steps", type=int, default=d.vision_steps, help=f"vision pre-training ({d.vision_steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"training examples per step ({d.batch_size})")
+    p.add_argument("--train-scenes", type=int, default=d.train_scenes, help=f"training scenes ({d.train_scenes})")
+    p.add_argument("--threads", type=int, default=d.threads, help=f"torch threads of the training ({d.threads})")
+    tsub = p.add_subparsers(dest="testbed_command", required=False)
     g = tsub.add_parser("generate", help="write lrs_synth scenes and questions in the LRS-VQA layout")
     g.add_argument("--out", type=Path, required=True, help="dataset root (LRS_VQA/ is created inside)")
     g.add_argument("--split", choices=("train", "eval"), default="eval", help="scene stream (disjoint)")
@@ -76,6 +100,7 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     t = tsub.add_parser("train", help="train the testbed LLaVA-NeXT from scratch on train-split scenes (CPU)")
     t.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     t.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    t.add_argument("--vision-steps", type=int, default=d.vision_steps, help=f"vision pre-training ({d.vision_steps})")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step ({d.batch_size})")
     t.add_argument("--scenes", type=int, default=d.train_scenes, help=f"train-split scenes ({d.train_scenes})")
     t.add_argument("--seed", type=int, default=d.seed, help="seed of weights, scenes and examples")
@@ -128,6 +153,8 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--focus", default="auto", help="focus scorer: auto, rfm, llm_attention, oracle, uniform")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-zoom-steps", type=int, default=1)
+    p.add_argument("--box", default=None, help="target box x1,y1,x2,y2 in source pixels (drawn; oracle focus, recall)")
+    p.add_argument("--ground-truth", default=None, help="the expected answer, printed beside the model's")
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -243,6 +270,23 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _visualize_doc(args: argparse.Namespace) -> dict | None:
+    from lrs_plugin.errors import ConfigError
+
+    doc: dict = {}
+    if args.box is not None:
+        try:
+            box = [float(v) for v in args.box.split(",")]
+        except ValueError:
+            box = []
+        if len(box) != 4:
+            raise ConfigError(f"--box={args.box!r} must be four comma-separated numbers x1,y1,x2,y2")
+        doc["hbox"] = box
+    if args.ground_truth is not None:
+        doc["ground_truth"] = args.ground_truth
+    return doc or None
+
+
 def _visualize(args: argparse.Namespace) -> int:
     from lrs_plugin.visualize import visualize
 
@@ -254,6 +298,7 @@ def _visualize(args: argparse.Namespace) -> int:
         focus=args.focus,
         device=args.device,
         options={"num_zoom_steps": args.num_zoom_steps},
+        doc=_visualize_doc(args),
     )
     print(json.dumps(summary))
     return 0
@@ -317,11 +362,52 @@ def _train_rfm(args: argparse.Namespace) -> int:
 
 
 def _testbed(args: argparse.Namespace) -> int:
+    if args.testbed_command is None:
+        from lrs_plugin.errors import ConfigError
+        from lrs_plugin.testbed.table import TestbedConfig, format_table, run_testbed
+
+        if args.out is None:
+            raise ConfigError("lrs-plugin testbed needs --out DIR (or a sub-command: generate, train)")
+        from lrs_plugin.testbed.train import TrainConfig
+
+        train = TrainConfig(
+            steps=args.steps,
+            vision_steps=args.vision_steps,
+            batch_size=args.batch_size,
+            train_scenes=args.train_scenes,
+            seed=args.seed,
+            threads=args.threads,
+        )
+        config = TestbedConfig(
+            eval_scenes=args.eval_scenes,
+            rfm_scenes=args.rfm_scenes,
+            rfm_steps=args.rfm_steps,
+            seed=args.seed,
+            limit=args.limit,
+            rows=tuple(r for r in args.rows.split(",") if r),
+            train=train,
+        )
+        report = run_testbed(args.out, config, log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+        if args.json:
+            print(
+                json.dumps(
+                    {k: report[k] for k in ("chance", "fine_categories", "rows", "train_s", "rfm_train_s", "total_s")}
+                )
+            )
+        else:
+            print(format_table(report))
+            print(f"plot: {report['plot']}\nfocus picture: {report['focus_picture']}\ntotal {report['total_s']} s")
+        return 0
     if args.testbed_command == "train":
         from lrs_plugin.testbed.train import TrainConfig, train_testbed
 
         config = TrainConfig(
-            steps=args.steps, batch_size=args.batch_size, train_scenes=args.scenes, seed=args.seed, threads=args.threads
+            steps=args.steps,
+            vision_steps=args.vision_steps,
+            batch_size=args.batch_size,
+            train_scenes=args.scenes,
+            seed=args.seed,
+            threads=args.threads,
         )
         record = train_testbed(args.out, config)
         print(f"testbed model trained in {record['train_s']} s ({record['parameters']} parameters): {args.out}")

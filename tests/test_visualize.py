@@ -30,6 +30,10 @@ def test_visualize_command_draws_one_panel_per_level(tmp_path):
             "What color is the car?",
             "--out",
             str(out),
+            "--box",
+            "500,250,560,300",
+            "--ground-truth",
+            "red",
         ],
         capture_output=True,
         text=True,
@@ -38,6 +42,15 @@ def test_visualize_command_draws_one_panel_per_level(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["focus"] == "llm_attention"  # no RFM weights in the tiny checkpoint: auto picks the teacher
     assert summary["vision_tokens_to_llm"] < summary["vision_tokens_encoded"]
+    assert summary["focus_tile_recall"] in (0.0, 1.0) and 0.0 <= summary["focus_token_recall"] <= 1.0
     with Image.open(out) as drawn:
         width, height = drawn.size
-    assert height == 512 and width > 2 * 768  # two panels (base level and the zoomed level), 768 px long side
+        pixels = np.asarray(drawn.convert("RGB"))
+    # header (question, answer / ground truth: 2 lines) + two 768 x 512 panels side by side + colour bar
+    assert height == 6 + 2 * 14 + 512 + 34 and width == 2 * 768 + 8
+    panel = pixels[34 : 34 + 512]
+    colours = {tuple(p) for p in np.unique(panel.reshape(-1, 3), axis=0)}
+    assert (0, 255, 255) in colours  # the target box
+    assert (120, 120, 120) in colours  # the image shows through the heat map
+    assert (pixels[:34] < 100).any()  # header text
+    assert len({tuple(p) for p in np.unique(pixels[-34:].reshape(-1, 3), axis=0)}) > 20  # the colour bar

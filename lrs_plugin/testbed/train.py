@@ -113,7 +113,7 @@ def testbed_corpus() -> tuple[str, ...]:
 class TrainConfig:
     """Knobs of :func:`train_testbed`; the defaults are the measured run of docs/testbed.md (~21 min on 2 cores)."""
 
-    steps: int = 1400
+    steps: int = 600
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 60
@@ -121,9 +121,12 @@ class TrainConfig:
     train_scenes: int = 240
     seed: int = 0
     threads: int = 2
-    log_every: int = 50
+    log_every: int = 25
     curriculum: float = 0.4
     aux_weight: float = 1.0
+    focus_weight: float = 1.0
+    vision_steps: int = 3000
+    vision_batch_size: int = 16
     format_mix: dict[str, float] = field(default_factory=lambda: dict(FORMAT_MIX))
 
     def __post_init__(self) -> None:
@@ -131,7 +134,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: an int >= 1")
-        for name in ("warmup", "seed"):
+        for name in ("warmup", "seed", "vision_steps", "vision_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: an int >= 0")
@@ -151,9 +154,10 @@ class TrainConfig:
             or not (0 <= self.curriculum <= 1)
         ):
             raise ConfigError(f"TrainConfig.curriculum={self.curriculum!r} is invalid; valid: a share in [0, 1]")
-        aux = self.aux_weight
-        if isinstance(aux, bool) or not isinstance(aux, (int, float)) or not math.isfinite(aux) or aux < 0:
-            raise ConfigError(f"TrainConfig.aux_weight={aux!r} is invalid; valid: a finite number >= 0")
+        for name in ("aux_weight", "focus_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: a finite number >= 0")
         if sum(self.format_mix.values()) <= 0:
             raise ConfigError("TrainConfig.format_mix needs at least one positive share")
 
@@ -171,12 +175,13 @@ class _Example:
     """One training example before encoding: tiles to encode and how to lay their features out."""
 
     tiles: np.ndarray  # [n, 3, S, S] float32, normalised
-    layout: Callable[[torch.Tensor], torch.Tensor]  # features [n, T, C] -> vision tokens [N, C]
+    layout: Callable[[torch.Tensor], tuple[torch.Tensor, Any]]  # features [n, T, C] -> (vision tokens [N, C], focus)
     question: str
     answer: str
     fmt: str
     category: str
-    cells: np.ndarray | None = None  # [n, T, 2] int64 auxiliary labels (colour, shape) per patch; -100 = none
+    cells: np.ndarray | None = None  # [n, T, 2] int64 auxiliary labels (colour, shape); -100 = none
+    pooled_cells: np.ndarray | None = None  # [n, T / 4, 2] the same per 2x2-pooled cell
 
 
 AUX_COLORS = ("none", *sc.COLORS, "white")
@@ -186,6 +191,7 @@ AUX_SHAPES = ("none", *sc.SHAPES)
 """Classes of the auxiliary shape head."""
 
 _MIN_SHAPE_PX = 8.0  # an object narrower than this in level pixels gets no shape label (it cannot be read)
+_MIN_COVER = 0.15  # share of a patch an object must cover to label it
 
 
 def cell_labels(
@@ -195,7 +201,11 @@ def cell_labels(
     patches: int,
     level_scale: float,
 ) -> np.ndarray:
-    """Auxiliary labels of every patch of some tiles: the object whose centre the patch's source window holds.
+    """Auxiliary labels of every patch of some tiles: the named object covering the patch's source window.
+
+    A patch is labelled with the object that covers the largest share of it when that share is at least
+    :data:`_MIN_COVER` (or when the patch holds the object's centre), so every patch an object shows up in carries
+    its colour and shape: the vision tower learns to spread the shape over all of them.
 
     Args:
         objects: The scene's planted objects (distractors and the background are class ``none``).
@@ -211,19 +221,55 @@ def cell_labels(
     named = [o for o in objects if o.kind in sc.SHAPES or o.kind == "disc"]
     for n, (x0, y0, x1, y1) in enumerate(tile_boxes):
         cw, ch = (x1 - x0) / patches, (y1 - y0) / patches
+        best = np.zeros(patches * patches)
         for o in named:
+            bx1, by1, bx2, by2 = o.box
             cx, cy = o.center
-            col, row = int((cx - x0) // cw), int((cy - y0) // ch)
-            if not (0 <= col < patches and 0 <= row < patches):
-                continue
-            k = row * patches + col
-            out[n, k, 0] = AUX_COLORS.index(o.color)
-            if o.kind in sc.SHAPES:
-                readable = (o.box[2] - o.box[0]) * level_scale >= _MIN_SHAPE_PX
-                out[n, k, 1] = AUX_SHAPES.index(o.kind) if readable else -100
-            else:
-                out[n, k, 1] = 0
+            c0, c1 = max(0, int((bx1 - x0) // cw)), min(patches - 1, int((bx2 - x0) // cw))
+            r0, r1 = max(0, int((by1 - y0) // ch)), min(patches - 1, int((by2 - y0) // ch))
+            for row in range(r0, r1 + 1):
+                for col in range(c0, c1 + 1):
+                    px0, py0 = x0 + col * cw, y0 + row * ch
+                    ox = max(0.0, min(bx2, px0 + cw) - max(bx1, px0))
+                    oy = max(0.0, min(by2, py0 + ch) - max(by1, py0))
+                    cover = ox * oy / (cw * ch)
+                    if px0 <= cx < px0 + cw and py0 <= cy < py0 + ch:
+                        cover = max(cover, 1.0)  # the centre's patch always names its object
+                    k = row * patches + col
+                    if cover < _MIN_COVER or cover <= best[k]:
+                        continue
+                    best[k] = cover
+                    out[n, k, 0] = AUX_COLORS.index(o.color)
+                    if o.kind in sc.SHAPES:
+                        readable = (bx2 - bx1) * level_scale >= _MIN_SHAPE_PX
+                        out[n, k, 1] = AUX_SHAPES.index(o.kind) if readable else -100
+                    else:
+                        out[n, k, 1] = 0
     return out
+
+
+def _aux_labels(
+    objects,
+    boxes,
+    *,
+    patches: int,
+    level_scale: float,
+    first: tuple[tuple[float, ...], float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cell_labels` of the tiles at ``boxes`` per patch and per 2x2-pooled cell, after the first tile.
+
+    The first tile is the thumbnail, labelled from ``first = (source box of its tile, its scale)``, or unlabelled
+    (``first=None``: the stock base tile).
+    """
+    out = []
+    for side in (patches, patches // 2):
+        grid = cell_labels(objects, boxes, patches=side, level_scale=level_scale)
+        if first is None:
+            head = np.full((1, *grid.shape[1:]), -100, np.int64)
+        else:
+            head = cell_labels(objects, [first[0]], patches=side, level_scale=first[1])
+        out.append(np.concatenate([head, grid]))
+    return out[0], out[1]
 
 
 CAPTION_QUESTION = f"Which colored objects are there?{sc.NONCOUNT_SUFFIX}"
@@ -254,6 +300,15 @@ def _questions(scene: sc.Scene, rng: np.random.Generator, *, target: sc.PlantedO
     first = scene.targets()[0]  # the one placed away from the midlines: the position question's object
     objects = {"object shape": target, "object color": target, "object position": first, "count": None}
     return [(c, *sc.question(c, scene, objects[c])) for c in categories]
+
+
+def _focus_box(scene: sc.Scene, category: str, target: sc.PlantedObject) -> tuple[int, int, int, int] | None:
+    """Box of the object a question is about (the attention target of :data:`FOCUS_LAYER`); ``None`` for count."""
+    if category in ("object shape", "object color"):
+        return target.box
+    if category == "object position":
+        return scene.targets()[0].box
+    return None
 
 
 class _ExampleMaker:
@@ -300,7 +355,7 @@ class _ExampleMaker:
         pinpoints: list[list[int]] | None,
         question: tuple[str, str, str],
         fmt: str,
-        cells: np.ndarray | None = None,
+        cells: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> _Example:
         from lrs_plugin._anyres import pack_anyres
 
@@ -308,11 +363,12 @@ class _ExampleMaker:
         pixels, grid = bb.image_crops(pil, pinpoints)
         hw = (pil.height, pil.width)
 
-        def layout(feats: torch.Tensor) -> torch.Tensor:
-            return pack_anyres(feats[0], feats[1:], grid, hw, bb.image_newline)
+        def layout(feats: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return pack_anyres(feats[0], feats[1:], grid, hw, bb.image_newline), None
 
         cat, text, answer = question
-        return _Example(pixels.numpy(), layout, text, answer, fmt, cat, cells)
+        full, pooled = cells if cells is not None else (None, None)
+        return _Example(pixels.numpy(), layout, text, answer, fmt, cat, full, pooled)
 
     def _stock_whole(self, i: int) -> _Example:
         from PIL import Image
@@ -330,8 +386,9 @@ class _ExampleMaker:
         w, h = scene.size
         top = 2 + int(round(2 * self.difficulty))
         cw, ch = (int(self.rng.integers(1, top + 1)) * t for _ in range(2))
-        cw, ch = min(cw, w // t * t), min(ch, h // t * t)
         x1, y1, x2, y2 = target.box
+        cw, ch = max(cw, ((x2 - x1) // t + 1) * t), max(ch, ((y2 - y1) // t + 1) * t)  # the whole object fits
+        cw, ch = min(cw, w // t * t), min(ch, h // t * t)
         x0 = int(self.rng.integers(max(0, x2 - cw), min(x1, w - cw) + 1))
         y0 = int(self.rng.integers(max(0, y2 - ch), min(y1, h - ch) + 1))
         crop = Image.fromarray(scene.pixels[y0 : y0 + ch, x0 : x0 + cw])
@@ -341,12 +398,11 @@ class _ExampleMaker:
         ]
         if self.rng.random() < self.caption_share:
             q = ("caption", CAPTION_QUESTION, caption_of(scene.objects, boxes))
-        grid = cell_labels(scene.objects, boxes, patches=self.bb.patches_per_side, level_scale=1.0)
-        base = np.full((1, *grid.shape[1:]), -100, np.int64)  # the crop's own base tile: not labelled
-        return self._stock(crop, [[ch, cw]], q, "stock_crop", np.concatenate([base, grid]))
+        cells = _aux_labels(scene.objects, boxes, patches=self.bb.patches_per_side, level_scale=1.0)
+        return self._stock(crop, [[ch, cw]], q, "stock_crop", cells)
 
     # -- C2F layouts
-    def _pyramid(self, i: int, level_index: int, tiles: list[tuple[int, int]], keep_box, q, fmt: str):
+    def _pyramid(self, i: int, level_index: int, tiles: list[tuple[int, int]], keep_box, q, fmt: str, focus_box=None):
         import torch
 
         from lrs_plugin._c2f_grid import build_level_grid, grid_newline_indices, grid_token_boxes
@@ -368,7 +424,12 @@ class _ExampleMaker:
         newline = bb.image_newline
         per_tile = bb.patches_per_side // 2
 
-        def layout(feats: torch.Tensor) -> torch.Tensor:
+        def hits(shape: tuple[int, int], box) -> torch.Tensor:
+            cells = grid_token_boxes(level, shape, per_tile=per_tile, has_newline=True)
+            x1, y1, x2, y2 = box
+            return (cells[:, 0] < x2) & (cells[:, 2] > x1) & (cells[:, 1] < y2) & (cells[:, 3] > y1)
+
+        def layout(feats: torch.Tensor) -> tuple[torch.Tensor, Any]:
             thumb, grid_feats = feats[0], bb.pool2x2(feats[1:])
             embeds, mask, shape = build_level_grid(grid_feats, tiles, level.grid_hw, content_wh, newline)
             keep = mask.clone()
@@ -377,22 +438,32 @@ class _ExampleMaker:
                 drop = torch.rand(mask.numel(), generator=gen) > ratio
                 keep &= ~drop
                 if force:
-                    cells = grid_token_boxes(level, shape, per_tile=per_tile, has_newline=True)
-                    x1, y1, x2, y2 = keep_box
-                    hit = (cells[:, 0] < x2) & (cells[:, 2] > x1) & (cells[:, 1] < y2) & (cells[:, 3] > y1)
-                    keep |= hit & mask
+                    keep |= hits(shape, keep_box) & mask
             keep[grid_newline_indices(shape, True)] = True
-            return torch.cat([thumb, _embed(bb, sep_ids), embeds[keep]], dim=0)
+            tokens = torch.cat([thumb, _embed(bb, sep_ids), embeds[keep]], dim=0)
+            focus = None
+            if focus_box is not None:
+                target = torch.nonzero(hits(shape, focus_box)[keep]).flatten()
+                if target.numel():
+                    focus = (thumb.shape[0] + 1, target + thumb.shape[0] + 1)
+            return tokens, focus
 
         t = bb.tile_size
         sx, sy = w / rw, h / rh  # source pixels per level pixel
         boxes = [(c * t * sx, r * t * sy, (c + 1) * t * sx, (r + 1) * t * sy) for r, c in tiles]
-        grid = cell_labels(self.scenes[i].objects, boxes, patches=bb.patches_per_side, level_scale=1.0 / sx)
-        cells = np.concatenate([np.full((1, *grid.shape[1:]), -100, np.int64), grid])  # thumbnail: not labelled
+        thumb_scale = t / max(self.scenes[i].size)
+        cells, pooled = _aux_labels(
+            self.scenes[i].objects,
+            boxes,
+            patches=bb.patches_per_side,
+            level_scale=1.0 / sx,
+            first=((0.0, 0.0, t / thumb_scale, t / thumb_scale), thumb_scale),
+        )
         if caption:
             q = ("caption", CAPTION_QUESTION, caption_of(self.scenes[i].objects, boxes))
+            focus_box = None
         cat, text, answer = q
-        return _Example(stack, layout, text, answer, fmt, cat, cells)
+        return _Example(stack, layout, text, answer, fmt, cat, cells, pooled)
 
     def _pyramid_base(self, i: int) -> _Example:
         from lrs_plugin.pyramid import tiles as all_tiles
@@ -400,7 +471,8 @@ class _ExampleMaker:
         scene = self.scenes[i]
         target = scene.targets()[int(self.rng.integers(3))]
         q = self._pick(_questions(scene, self.rng, target=target, whole=True))
-        return self._pyramid(i, 0, all_tiles(self.pyramids[i].levels[0]), None, q, "pyramid_base")
+        focus = _focus_box(scene, q[0], target)
+        return self._pyramid(i, 0, all_tiles(self.pyramids[i].levels[0]), None, q, "pyramid_base", focus)
 
     def _pyramid_full(self, i: int) -> _Example:
         from lrs_plugin.pyramid import tiles as all_tiles
@@ -412,9 +484,9 @@ class _ExampleMaker:
         scene = self.scenes[i]
         target = scene.targets()[int(self.rng.integers(3))]
         q = self._pick(_questions(scene, self.rng, target=target, whole=True))
-        return self._pyramid(
-            i, len(self.pyramids[i].levels) - 1, all_tiles(self.pyramids[i].levels[-1]), None, q, "pyramid_full"
-        )
+        level = len(self.pyramids[i].levels) - 1
+        focus = _focus_box(scene, q[0], target)
+        return self._pyramid(i, level, all_tiles(self.pyramids[i].levels[-1]), None, q, "pyramid_full", focus)
 
     def _pyramid_fine(self, i: int) -> _Example:
         scene, pyr, rng = self.scenes[i], self.pyramids[i], self.rng
@@ -436,7 +508,7 @@ class _ExampleMaker:
             chosen.add((int(rng.integers(gh)), int(rng.integers(gw))))
         tiles = sorted(chosen)
         q = self._pick(_questions(scene, rng, target=target, whole=False))
-        return self._pyramid(i, li, tiles, target.box, q, "pyramid_fine")
+        return self._pyramid(i, li, tiles, target.box, q, "pyramid_fine", _focus_box(scene, q[0], target))
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -447,60 +519,86 @@ def _embed(bb: Backbone, ids: torch.Tensor) -> torch.Tensor:
 
 def _sequences(
     bb: Backbone, examples: Sequence[_Example], aux: Any = None
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
-    """Per example ``(inputs_embeds [L, C], labels [L])``, and the auxiliary cell loss.
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor, Any]], torch.Tensor | None]:
+    """Per example ``(inputs_embeds [L, C], labels [L], focus)``, and the auxiliary cell loss.
 
-    One vision-tower pass over every example's tiles; the auxiliary loss (cross-entropy of the two heads ``aux`` on
-    the labelled patches) is ``None`` without heads or labels.
+    ``focus`` is ``None`` or ``(keys, target, query_index)``: the grid's key span, the absolute positions of the
+    grid tokens over the question's object and the query (the last prompt token), for :func:`_focus_loss`. One
+    vision-tower pass over every example's tiles; the auxiliary loss (cross-entropy of the two heads ``aux`` on the
+    labelled patches) is ``None`` without heads or labels.
     """
     import torch
-    import torch.nn.functional as F
 
     tiles = torch.from_numpy(np.concatenate([e.tiles for e in examples], axis=0))
     feats = bb.encode_tiles(tiles, grad=True)
     aux_loss = None
     if aux is not None:
-        cells = [
-            e.cells if e.cells is not None else np.full((*e.tiles.shape[:1], feats.shape[1], 2), -100) for e in examples
-        ]
-        target = torch.from_numpy(np.concatenate(cells, axis=0)).reshape(-1, 2)
-        flat = feats.reshape(-1, feats.shape[-1])
-        terms = [
-            F.cross_entropy(head(flat), target[:, k], ignore_index=-100)
-            for k, head in enumerate(aux)
-            if bool((target[:, k] != -100).any())
-        ]
+        terms = _aux_terms(bb, examples, aux, feats)
         aux_loss = torch.stack(terms).sum() if terms else None
     tok = bb.tokenizer
     out = []
     start = 0
     for e in examples:
         n = e.tiles.shape[0]
-        vision = e.layout(feats[start : start + n])
+        vision, focus = e.layout(feats[start : start + n])
         start += n
         prefix, suffix = bb.split_prompt(e.question)
         answer = torch.tensor(tok.encode(e.answer, add_special_tokens=False) + [tok.eos_token_id], dtype=torch.long)
         seq = torch.cat([_embed(bb, prefix), vision, _embed(bb, suffix), _embed(bb, answer)], dim=0)
         labels = torch.full((seq.shape[0],), -100, dtype=torch.long)
         # position p predicts token p + 1: each answer token is predicted from the position before it.
-        labels[seq.shape[0] - len(answer) - 1 : seq.shape[0] - 1] = answer
-        out.append((seq, labels))
+        query = seq.shape[0] - len(answer) - 1
+        labels[query : seq.shape[0] - 1] = answer
+        if focus is not None:
+            p = len(prefix)
+            focus = (slice(p + focus[0], p + vision.shape[0]), focus[1] + p, query)
+        out.append((seq, labels, focus))
     return out, aux_loss
 
 
-def _step_losses(
-    bb: Backbone, seqs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, token_budget: int = 3072
-) -> torch.Tensor:
-    """``[B]`` answer loss per example, summed over its tokens (a multi-token word's first token keeps full weight).
+FOCUS_LAYER = 3
+"""Decoder layer whose text-to-grid attention the training supervises (:func:`_focus_loss`); the testbed's
+``focus=llm_attention`` reads it and its RFM distils toward it."""
 
-    Length-sorted micro-batches of at most ``token_budget`` padded tokens, so one long example does not pad the
-    whole step.
+
+def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Tensor, int]) -> torch.Tensor:
+    """``-log`` of the head-averaged attention mass the query puts on the object's grid tokens at :data:`FOCUS_LAYER`.
+
+    The attention is rebuilt from the layer's q/k exactly as ``focus=llm_attention`` scores a grid (softmax over
+    the grid keys per head, mean over heads), so the training teaches the routing the focus later reads.
+
+    Args:
+        bb: The backbone.
+        hidden: ``[1, L, C]`` input of :data:`FOCUS_LAYER`.
+        focus: ``(keys, target, query_index)`` from :func:`_sequences`.
+    """
+    import torch
+
+    from lrs_plugin._focus_attention import query_logits
+
+    lm = bb.language_model
+    keys, target, query = focus
+    logits = query_logits(
+        lm.layers[FOCUS_LAYER], hidden, config=lm.config, rotary_emb=lm.rotary_emb, keys=keys, query_index=query
+    )
+    mass = torch.softmax(logits, dim=-1).mean(0)[target - keys.start].sum()
+    return -torch.log(mass.clamp_min(1e-6))
+
+
+def _step_losses(
+    bb: Backbone, seqs: Sequence[tuple[torch.Tensor, torch.Tensor, Any]], *, token_budget: int = 3072
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[B]`` answer loss per example (summed over its tokens) and the mean focus loss.
+
+    The focus loss is ``None`` when no example has a focus target. Length-sorted micro-batches of at most
+    ``token_budget`` padded tokens, so one long example does not pad the whole step.
     """
     import torch
     import torch.nn.functional as F
 
     order = sorted(range(len(seqs)), key=lambda i: seqs[i][0].shape[0])
     losses: list[torch.Tensor | None] = [None] * len(seqs)
+    focus_terms: list[torch.Tensor] = []
     group: list[int] = []
 
     def flush() -> None:
@@ -510,12 +608,16 @@ def _step_losses(
         mask = torch.zeros(len(group), length, dtype=torch.long)
         labels = torch.full((len(group), length), -100, dtype=torch.long)
         for b, i in enumerate(group):
-            seq, lab = seqs[i]
+            seq, lab, _ = seqs[i]
             embeds[b, : seq.shape[0]], mask[b, : seq.shape[0]], labels[b, : seq.shape[0]] = seq, 1, lab
-        hidden = bb.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        out = bb.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
+        hidden = out.last_hidden_state
         for b, i in enumerate(group):
             rows = labels[b] != -100
             losses[i] = F.cross_entropy(bb.lm_head(hidden[b][rows]), labels[b][rows], reduction="sum")
+            focus = seqs[i][2]
+            if focus is not None:
+                focus_terms.append(_focus_loss(bb, out.hidden_states[FOCUS_LAYER][b : b + 1], focus))
 
     for i in order:
         if group and (len(group) + 1) * seqs[i][0].shape[0] > token_budget:
@@ -523,7 +625,8 @@ def _step_losses(
             group = []
         group.append(i)
     flush()
-    return torch.stack(losses)  # type: ignore[arg-type]
+    focus_loss = torch.stack(focus_terms).mean() if focus_terms else None
+    return torch.stack(losses), focus_loss  # type: ignore[arg-type]
 
 
 def train_testbed(
@@ -582,6 +685,73 @@ def _early_mix(names: Sequence[str], shares: np.ndarray) -> np.ndarray:
     return mix / mix.sum() if mix.sum() > 0 else shares
 
 
+VISION_FORMATS = {"pyramid_fine": 0.6, "stock_crop": 0.4}
+"""Formats whose tiles the vision pre-training draws (their patches carry the auxiliary labels)."""
+
+
+def _aux_terms(bb: Backbone, examples: Sequence[_Example], aux: Any, feats: torch.Tensor) -> list[torch.Tensor]:
+    """Cross-entropy of the auxiliary heads on the labelled patches and 2x2-pooled cells of ``feats``."""
+    import torch
+    import torch.nn.functional as F
+
+    terms = []
+    for values, name in ((feats, "cells"), (bb.pool2x2(feats), "pooled_cells")):
+        labels = [
+            getattr(e, name) if getattr(e, name) is not None else np.full((e.tiles.shape[0], values.shape[1], 2), -100)
+            for e in examples
+        ]
+        target = torch.from_numpy(np.concatenate(labels, axis=0)).reshape(-1, 2)
+        flat = values.reshape(-1, values.shape[-1])
+        terms += [
+            F.cross_entropy(head(flat), target[:, k], ignore_index=-100)
+            for k, head in enumerate(aux)
+            if bool((target[:, k] != -100).any())
+        ]
+    return terms
+
+
+def _vision_pretrain(
+    bb: Backbone, maker: _ExampleMaker, aux: Any, cfg: TrainConfig, log: Callable[[str], None] | None
+) -> list[dict[str, float]]:
+    """Stage 0: the vision tower and projector alone, trained on the auxiliary per-patch colour / shape labels.
+
+    A from-scratch CLIP tower learns colour at once but shapes slowly (a shape spans 2-3 patches, so it needs the
+    tower's attention); this stage gives it ``cfg.vision_steps`` cheap steps (no LLM) before the joint training,
+    as LLaVA starts from a pretrained CLIP. Returns the loss curve.
+    """
+    import torch
+
+    params = [p for n, p in bb.model.named_parameters() if "language_model" not in n and "lm_head" not in n]
+    params += list(aux.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    names = sorted(VISION_FORMATS)
+    shares = np.array([VISION_FORMATS[n] for n in names])
+    curve, window = [], []
+    for step in range(cfg.vision_steps):
+        lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        maker.difficulty = 0.0  # the tiles around the objects: the labelled ones
+        fmts = [names[int(k)] for k in maker.rng.choice(len(names), size=cfg.vision_batch_size, p=shares)]
+        examples = [maker.make(f) for f in fmts]
+        tiles = torch.from_numpy(np.concatenate([e.tiles for e in examples], axis=0))
+        terms = _aux_terms(bb, examples, aux, bb.encode_tiles(tiles, grad=True))
+        if not terms:
+            continue
+        loss = torch.stack(terms).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        window.append(float(loss.detach()))
+        if (step + 1) % (cfg.log_every * 5) == 0 or step + 1 == cfg.vision_steps:
+            curve.append({"step": step + 1, "aux_loss": round(sum(window) / len(window), 5)})
+            window = []
+            if log is not None:
+                log(f"vision step {step + 1}/{cfg.vision_steps}  aux loss {curve[-1]['aux_loss']:.4f}")
+    return curve
+
+
 def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | None) -> dict[str, Any]:
     import torch
 
@@ -591,7 +761,8 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
     model = bb.model
     model.train()
     width = bb.hidden_size
-    aux = torch.nn.ModuleList([torch.nn.Linear(width, len(AUX_COLORS)), torch.nn.Linear(width, len(AUX_SHAPES))])
+    aux = torch.nn.ModuleList([torch.nn.Linear(width, len(c)) for c in (AUX_COLORS, AUX_SHAPES)])
+    vision_curve = _vision_pretrain(bb, maker, aux, cfg, log) if cfg.vision_steps else []
     params = [p for p in model.parameters() if p.requires_grad] + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     names = sorted(cfg.format_mix)
@@ -614,11 +785,14 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
         for e in examples:
             counts[e.fmt] += 1
         seqs, aux_loss = _sequences(bb, examples, aux if cfg.aux_weight else None)
-        per_example = _step_losses(bb, seqs)
+        per_example, focus_loss = _step_losses(bb, seqs)
         loss = per_example.mean()
         if aux_loss is not None:
             loss = loss + cfg.aux_weight * aux_loss
             by_cat.setdefault("aux", []).append(float(aux_loss.detach()))
+        if focus_loss is not None and cfg.focus_weight:
+            loss = loss + cfg.focus_weight * focus_loss
+            by_cat.setdefault("focus", []).append(float(focus_loss.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for e, value in zip(examples, per_example.tolist(), strict=True):
@@ -640,6 +814,7 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
         "config": asdict(cfg),
         "model": MODEL_SPEC,
         "loss": curve,
+        "vision_loss": vision_curve,
         "format_counts": counts,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -678,7 +853,7 @@ def heldout_accuracy(
     with torch.no_grad():
         for _ in range(per_scene * len(scenes)):
             e = maker.make(fmt)
-            ((seq, _labels),), _ = _sequences(backbone, [e])
+            ((seq, _labels, _focus),), _ = _sequences(backbone, [e])
             head = seq[: seq.shape[0] - len(tok.encode(e.answer, add_special_tokens=False)) - 1]
             scores = []
             for cand in ANSWERS[e.category]:
