@@ -12,8 +12,8 @@ method evaluated later):
 ============================  =====================================================================================
 ``stock_whole``               the stock LLaVA-NeXT processor on the whole scene with the checkpoint's pinpoints
                               (base tile + at most 3 grid tiles, 96 px): what ``reducer=none`` / low resolution show
-``stock_crop``                the stock layout of a window of the scene at full resolution (2-4 x 2-4 tiles, the
-                              window's own base tile first): what the anyres baselines show at ``max_tiles`` >> 1
+``stock_crop``                the stock layout of a window of the scene at full resolution (1-4 x 1-4 tiles, at
+                              least the object; its own base tile first): what the anyres baselines show
 ``pyramid_base``              C2F's layout at the pyramid's base level: ``thumbnail | ':' | pooled base grid``
 ``pyramid_fine``              C2F's layout at a finer level: ``thumbnail | ':' | pooled grid`` of a random block of
                               tiles around the asked object plus random other tiles, with random token dropping
@@ -25,9 +25,14 @@ Where the window or the tiles are chosen, the training example uses the planted 
 training example answerable); nothing about boxes reaches the model at inference. Count questions are asked only in
 formats that show the whole scene; position questions wherever the thumbnail or the whole scene is shown.
 
-Every answer is trained as the assistant's reply (the answer's tokens, then ``<|im_end|>``); the loss is the
-cross-entropy on those tokens only. AdamW, linear warm-up, cosine decay, gradient clipping, float32, a fixed seed and
-a fixed number of threads: the same weights for the same arguments on the same machine.
+Two stages: :func:`_vision_pretrain` trains the vision tower and projector alone on per-patch colour / shape labels
+(``vision_steps``; a from-scratch tower learns shape slowly, and the LLM cannot read what the tower does not see),
+then every weight trains on the mix. Besides the answer loss the joint stage has the same auxiliary labels and a
+focus term (:func:`_focus_loss`: the attention of the last prompt token at :data:`FOCUS_LAYER` on the asked
+object's grid tokens). Every answer is trained as the assistant's reply (the answer's tokens, then
+``<|im_end|>``); its loss is the cross-entropy on those tokens only. AdamW, linear warm-up, cosine decay, gradient
+clipping, float32, a fixed seed and a fixed number of threads: the same weights for the same arguments on the same
+machine.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ MODEL_SPEC: dict[str, Any] = {
         "vision_heads": 4,
     },
 }
-"""Arguments of :func:`lrs_plugin.tiny.build_tiny_llava` for the testbed model (about 1.8 M parameters)."""
+"""Arguments of :func:`lrs_plugin.tiny.build_tiny_llava` for the testbed model (about 1.6 M parameters)."""
 
 
 def _testbed_texts() -> tuple[str, ...]:
@@ -111,7 +116,7 @@ def testbed_corpus() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Knobs of :func:`train_testbed`; the defaults are the measured run of docs/testbed.md (~21 min on 2 cores)."""
+    """Knobs of :func:`train_testbed`; the defaults are the measured run of docs/testbed.md (~17 min on 2 cores)."""
 
     steps: int = 600
     batch_size: int = 16
