@@ -25,6 +25,7 @@ __all__ = [
     "unpad_bounds",
     "pack_anyres",
     "pool_tiles",
+    "pooled_side",
     "TILE_POOLS",
 ]
 
@@ -142,6 +143,17 @@ def unpad_bounds(grid_hw: tuple[int, int], image_hw: tuple[int, int]) -> tuple[s
 
 TILE_POOLS = ("average", "max", "bilinear")
 """2x2 pooling of the grid tiles' tokens, as the C2F seed's LLaVA-NeXT models do (``mm_spatial_pool_mode``)."""
+
+
+def pooled_side(side: int, mode: str) -> int:
+    """Tokens per tile side after :func:`pool_tiles`: ``g // 2`` (average / max) or ``ceil(g / 2)`` (bilinear).
+
+    Raises:
+        ConfigError: unknown mode.
+    """
+    if mode not in TILE_POOLS:
+        raise ConfigError(f"tile pooling {mode!r} is not valid; valid: {', '.join(TILE_POOLS)}")
+    return math.ceil(side / 2) if mode == "bilinear" else side // 2
 
 
 def pool_tiles(tiles: torch.Tensor, mode: str) -> torch.Tensor:

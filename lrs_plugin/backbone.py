@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrs_plugin._checkpoint_source import resolve_pretrained
 from lrs_plugin.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -217,7 +218,8 @@ class Backbone:
         """Load model and processor with transformers' ``from_pretrained``.
 
         Args:
-            path: Checkpoint folder or Hub id (``config.model_type`` ``llava`` or ``llava_next``).
+            path: Checkpoint folder or Hub id (``config.model_type`` ``llava`` or ``llava_next``); a value that is not
+                of the Hub id form ``name`` / ``org/name`` is a local path and must be a folder with ``config.json``.
             dtype: ``"auto"`` (checkpoint dtype), ``"float32"``, ``"float16"``, ``"bfloat16"`` or a ``torch.dtype``.
             device: Device to move the model to when ``device_map`` is not given.
             device_map: Passed to ``from_pretrained`` (e.g. ``"auto"`` or ``"cuda:1"``); the model is then not moved.
@@ -238,6 +240,7 @@ class Backbone:
             ConfigError: invalid ``dtype`` / ``vision_dtype`` / ``attn_implementation`` or an unsupported
                 architecture.
             MissingDependencyError: ``flash_attention_2`` requested without ``flash_attn``.
+            CheckpointNotFoundError: ``path`` is a local path that does not exist or holds no ``config.json``.
 
         """
         from transformers import (
@@ -251,6 +254,7 @@ class Backbone:
         torch_dtype = _resolve_dtype(dtype)
         _resolve_vision_dtype(vision_dtype)  # fail before loading
         attn = _resolve_attn(attn_implementation, device_map if isinstance(device_map, str) else device)
+        path = resolve_pretrained(path)  # a missing local folder fails here, not in the Hub resolver
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         _check_supported(config, str(path))
         classes = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}

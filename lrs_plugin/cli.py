@@ -10,6 +10,7 @@ Sub-commands::
     lrs-plugin testbed --out DIR [--json] [--limit N] [--rows a,b,...]
     lrs-plugin testbed generate --out DIR [--split eval|train] [--seed N] [--scenes N]
     lrs-plugin testbed train --out DIR [--steps N] [--batch-size N] [--scenes N] [--seed N] [--threads N]
+    lrs-plugin testbed checkpoint --out DIR [--seed N]
     lrs-plugin train-rfm --pretrained DIR --data ROOT --llm-layer-list 2,4 [--out FILE] [--steps N] [--questions N]
     lrs-plugin flops --paper-table [--json]
     lrs-plugin leaderboard submit RESULTS.json [--replace] | validate [FILE] | render [--readme README.md]
@@ -88,6 +89,12 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"training examples per step ({d.batch_size})")
     p.add_argument("--train-scenes", type=int, default=d.train_scenes, help=f"training scenes ({d.train_scenes})")
     p.add_argument("--threads", type=int, default=d.threads, help=f"torch threads of the training ({d.threads})")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="evaluate this trained testbed checkpoint (with rfm.safetensors; 'shipped': the package's own) instead "
+        "of training one",
+    )
     tsub = p.add_subparsers(dest="testbed_command", required=False)
     g = tsub.add_parser("generate", help="write lrs_synth scenes and questions in the LRS-VQA layout")
     g.add_argument("--out", type=Path, required=True, help="dataset root (LRS_VQA/ is created inside)")
@@ -105,6 +112,11 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--scenes", type=int, default=d.train_scenes, help=f"train-split scenes ({d.train_scenes})")
     t.add_argument("--seed", type=int, default=d.seed, help="seed of weights, scenes and examples")
     t.add_argument("--threads", type=int, default=d.threads, help=f"torch threads ({d.threads})")
+    c = tsub.add_parser(
+        "checkpoint", help="train the testbed model and distill its RFM: the recipe of the shipped checkpoint"
+    )
+    c.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    c.add_argument("--seed", type=int, default=0, help="seed of weights, scenes and examples (0: the shipped one)")
 
 
 def _add_train_rfm(sub: argparse._SubParsersAction) -> None:
@@ -367,7 +379,7 @@ def _testbed(args: argparse.Namespace) -> int:
         from lrs_plugin.testbed.table import TestbedConfig, format_table, run_testbed
 
         if args.out is None:
-            raise ConfigError("lrs-plugin testbed needs --out DIR (or a sub-command: generate, train)")
+            raise ConfigError("lrs-plugin testbed needs --out DIR (or a sub-command: generate, train, checkpoint)")
         from lrs_plugin.testbed.train import TrainConfig
 
         train = TrainConfig(
@@ -378,7 +390,13 @@ def _testbed(args: argparse.Namespace) -> int:
             seed=args.seed,
             threads=args.threads,
         )
+        checkpoint = args.checkpoint
+        if checkpoint == "shipped":
+            from lrs_plugin.testbed.table import shipped_checkpoint
+
+            checkpoint = shipped_checkpoint()
         config = TestbedConfig(
+            checkpoint=checkpoint,
             eval_scenes=args.eval_scenes,
             rfm_scenes=args.rfm_scenes,
             rfm_steps=args.rfm_steps,
@@ -411,6 +429,12 @@ def _testbed(args: argparse.Namespace) -> int:
         )
         record = train_testbed(args.out, config)
         print(f"testbed model trained in {record['train_s']} s ({record['parameters']} parameters): {args.out}")
+        return 0
+    if args.testbed_command == "checkpoint":
+        from lrs_plugin.testbed.table import make_checkpoint
+
+        folder = make_checkpoint(args.out, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+        print(f"testbed checkpoint (model + RFM): {folder}")
         return 0
     from lrs_plugin.testbed.scenes import write_lrs_synth
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointLayoutError",
+    "CheckpointNotFoundError",
     "OutputExistsError",
     "LrsPluginError",
     "ConfigError",
@@ -89,6 +90,10 @@ class EvaluationFailedError(LrsPluginError, RuntimeError):
 
 class CheckpointLayoutError(ConfigError):
     """A checkpoint to convert holds a key the converter does not know, or misses one it needs (the key is named)."""
+
+
+class CheckpointNotFoundError(LrsPluginError, FileNotFoundError):
+    """``pretrained`` names a local path that does not exist, is not a folder, or holds no ``config.json``."""
 
 
 class OutputExistsError(LrsPluginError, FileExistsError):

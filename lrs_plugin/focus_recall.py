@@ -9,18 +9,23 @@ Two figures per sample whose document carries a target box (LRS-VQA's ``hbox``, 
 
 Both are 1.0 when every tile and every token is kept. Boxes are clipped to the image first (some LRS-VQA boxes
 overflow it); a box with nothing inside the image gives ``None``.
+
+Reducers on the stock layout (whose finest level, the anyres grid, covers the whole image) report both through
+:func:`recall_stats`, with :func:`region_recall` as the tile recall and the cells of
+:mod:`lrs_plugin._token_cells`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from lrs_plugin.pyramid import LevelGeometry
 
-__all__ = ["box_center_tile", "clipped_box", "tile_recall", "token_recall"]
+__all__ = ["box_center_tile", "clipped_box", "recall_stats", "region_recall", "tile_recall", "token_recall"]
 
 Box = tuple[float, float, float, float]
 
@@ -92,3 +97,64 @@ def token_recall(box: Sequence[float], image_wh: tuple[int, int], cells: Iterabl
         covered[yi[y1] : yi[y2], xi[x1] : xi[x2]] = True
     area = float((np.diff(ys)[:, None] * np.diff(xs)[None, :])[covered].sum())
     return min(1.0, area / ((bx2 - bx1) * (by2 - by1)))
+
+
+def region_recall(
+    box: Sequence[float], image_wh: tuple[int, int], region: Sequence[float] | None = None
+) -> float | None:
+    """Tile recall of a method whose finest encoded tiles show ``region``: 1.0 when the box centre lies in it.
+
+    Args:
+        box: Target ``(x1, y1, x2, y2)`` in source pixels (clipped to the image first, as :func:`tile_recall`).
+        image_wh: ``(W, H)`` of the source image.
+        region: ``(x1, y1, x2, y2)`` source pixels the finest encoded tiles show (edges included); ``None``: the
+            whole image (an anyres grid always holds it: every grid tile is encoded at the stock resolution).
+
+    Returns:
+        1.0 or 0.0; ``None`` when the box lies outside the image.
+    """
+    clipped = clipped_box(box, image_wh)
+    if clipped is None:
+        return None
+    if region is None:
+        return 1.0
+    cx, cy = (clipped[0] + clipped[2]) / 2, (clipped[1] + clipped[3]) / 2
+    return 1.0 if region[0] <= cx <= region[2] and region[1] <= cy <= region[3] else 0.0
+
+
+def recall_stats(
+    doc: Mapping[str, Any] | None,
+    image_wh: tuple[int, int],
+    cells: np.ndarray,
+    region: Sequence[float] | None = None,
+) -> dict[str, float | None]:
+    """``focus_tile_recall`` / ``focus_token_recall`` of the doc's ``hbox`` (the stats keys C2F reports).
+
+    Args:
+        doc: The task document; its ``hbox`` is ``[x1, y1, x2, y2]`` in source pixels.
+        image_wh: ``(W, H)`` of the source image.
+        cells: ``[K, 4]`` source-pixel cells of the vision tokens sent to the LLM (NaN rows: tokens without one).
+        region: Source pixels the finest encoded tiles show (:func:`region_recall`); ``None``: the whole image.
+
+    Returns:
+        Both keys; both ``None`` when the doc has no 4-number box, a malformed one, or one outside the image.
+    """
+    none: dict[str, float | None] = {"focus_tile_recall": None, "focus_token_recall": None}
+    box = doc.get("hbox") if isinstance(doc, Mapping) else None
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return none
+    try:
+        target = clipped_box(box, image_wh)
+    except ValueError:
+        return none
+    if target is None:
+        return none
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 4)
+    # Only the cells meeting the box matter (NaN comparisons are False): keeps the exact union small.
+    meets = (
+        (cells[:, 0] < target[2]) & (cells[:, 2] > target[0]) & (cells[:, 1] < target[3]) & (cells[:, 3] > target[1])
+    )
+    return {
+        "focus_tile_recall": region_recall(box, image_wh, region),
+        "focus_token_recall": token_recall(box, image_wh, cells[meets].tolist()),
+    }

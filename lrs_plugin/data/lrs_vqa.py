@@ -25,7 +25,7 @@ from typing import Any
 
 from lrs_plugin._jsonl import iter_json_objects
 from lrs_plugin.data import _hub, archive
-from lrs_plugin.data._paths import default_dataset_root
+from lrs_plugin.data._paths import default_dataset_root, require_inside_root
 from lrs_plugin.errors import (
     ConfigError,
     DatasetIntegrityError,
@@ -329,8 +329,9 @@ def load_questions(path: str | Path, *, subsets: Mapping[str, Sequence[str]] | N
 
     Raises:
         DatasetNotFoundError: The file does not exist.
-        DatasetSchemaError: Malformed JSON, a missing or mistyped field, an unknown subset or category, or a
-            repeated ``question_id``; names the file, the 1-based line and the value.
+        DatasetSchemaError: Malformed JSON, a missing or mistyped field, an ``image`` path that is absolute or
+            climbs out of the root with ``..`` (see :func:`lrs_plugin.data._paths.outside_root_reason`), an unknown
+            subset or category, or a repeated ``question_id``; names the file, the 1-based line and the value.
     """
     path = Path(path)
     if not path.is_file():
@@ -356,6 +357,7 @@ def _check_row(row: Any, where: str, subsets: Mapping[str, Sequence[str]]) -> No
     for field in ("question_id", "image", "category", "text", "ground_truth"):
         if not isinstance(row[field], str):
             raise DatasetSchemaError(f"{where}: field {field!r} must be a string, got {row[field]!r}")
+    require_inside_root(row["image"], where=where)
     subset = subset_of(row["question_id"])
     if subset not in subsets:
         raise DatasetSchemaError(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lrs_plugin.data import _hub
-from lrs_plugin.data._paths import default_dataset_root
+from lrs_plugin.data._paths import default_dataset_root, require_inside_root
 from lrs_plugin.errors import ConfigError, DatasetIntegrityError, DatasetNotFoundError, DatasetSchemaError
 
 __all__ = [
@@ -266,7 +266,8 @@ def build_docs(root: str | Path) -> list[dict[str, Any]]:
 
     Raises:
         DatasetNotFoundError: The annotations file is missing.
-        DatasetSchemaError: A line is not JSON or a field is missing / of the wrong type (names file and line).
+        DatasetSchemaError: A line is not JSON, a field is missing / of the wrong type, or ``image`` is absolute or
+            climbs out of the root with ``..`` (names file, line and value).
     """
     root = Path(root)
     path = root / ANNOTATIONS_NAME
@@ -299,8 +300,8 @@ def _doc_from_line(line: str, where: str, root: Path) -> dict[str, Any]:
     for field, value in (("image", image), ("image_error", error)):
         if value is not None and not isinstance(value, str):
             raise DatasetSchemaError(f"{where}: field {field!r} must be a string or null, got {value!r}")
-    if image is not None and (Path(image).is_absolute() or ".." in Path(image).parts):
-        raise DatasetSchemaError(f"{where}: field 'image' must be a path inside the root, got {image!r}")
+    if image is not None:
+        require_inside_root(image, where=where)
     return {
         "question_id": row["question_id"],
         "index": row["index"],

@@ -396,6 +396,11 @@ class InLLMReducer:
 
     Subclasses set :attr:`name` and :attr:`positions` and implement :meth:`schedule`. The vision tokens of the last
     image are kept, as in ``none`` (questions of one image come in a row).
+
+    Focus recall (:mod:`lrs_plugin.reducers._cells`): every tile is encoded, so the tile recall is 1.0 for a box
+    inside the image. The token recall is over the cells of the image tokens that survive the **last** drop stage
+    (the most pruned set, the one the answer's later layers and every decoding step read); tokens dropped later
+    than the first stage still reached the early layers, which this figure does not credit.
     """
 
     name: str = ""
@@ -426,6 +431,7 @@ class InLLMReducer:
         """Answer one question, dropping image tokens inside the LLM."""
         with borrow_image(image) as source:
             vision, tiles = self.vision.get(source)
+            image_wh = source.size
         prefix, suffix = self.backbone.split_prompt(question)
         embeds, span = self.backbone.assemble(prefix, vision, suffix)
         stages, knobs = self.schedule(span.stop - span.start)
@@ -453,7 +459,18 @@ class InLLMReducer:
         }
         if self.tiles.max_tiles is not None:
             stats["max_tiles"] = self.tiles.max_tiles
+        stats.update(self._focus_recall(image_wh, doc, prefill, span))
         return ReducerOutput(text=out.text, stats=stats)
+
+    def _focus_recall(
+        self, image_wh: tuple[int, int], doc: Mapping[str, Any], prefill: PrefillResult, span: slice
+    ) -> dict[str, float | None]:
+        """Recall of the image tokens kept by the last stage (all of them without a stage)."""
+        from lrs_plugin.reducers._cells import focus_recall, stock_cells
+
+        kept = prefill.stage_kept[-1] - span.start if prefill.stage_kept else None
+        cells = stock_cells(self.backbone, image_wh, self.vision.grid_pinpoints)
+        return focus_recall(self.backbone, doc, image_wh, cells, kept, num_tokens=span.stop - span.start)
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""

@@ -141,7 +141,7 @@ class PreLLMReducer:
 
     Subclasses set :attr:`backbone`, :attr:`vision` (a :class:`PlainVision`, or a :class:`LastImage` whose ``get``
     returns ``(tokens [N, C], tiles, ...)``) and :attr:`max_tiles`; they override :meth:`vision_for` to change the
-    cached tokens per question or to add stats.
+    cached tokens per question or to add stats (e.g. the focus recall of the question's ``doc``).
     """
 
     stage = "pre_llm"
@@ -149,8 +149,10 @@ class PreLLMReducer:
     vision: PlainVision | LastImage
     max_tiles: int | None = None
 
-    def vision_for(self, image: LargeImage) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """``(tokens [N, C] sent to the LLM, tiles encoded, extra stats)`` for ``image``."""
+    def vision_for(
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """``(tokens [N, C] sent to the LLM, tiles encoded, extra stats)`` for ``image`` and the question's ``doc``."""
         vision, tiles = self.vision.get(image)
         return vision, tiles, {}
 
@@ -165,7 +167,7 @@ class PreLLMReducer:
     ) -> ReducerOutput:
         """Answer with the tokens of :meth:`vision_for`; its extra stats join the standard ones."""
         with borrow_image(image) as source:
-            vision, tiles, extra = self.vision_for(source)
+            vision, tiles, extra = self.vision_for(source, doc)
         out = answer_plain(
             self.backbone,
             vision,

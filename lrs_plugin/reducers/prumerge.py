@@ -38,6 +38,10 @@ Deviations, documented:
 
 Ties in ``topk`` follow ``torch.topk`` on one tile (the official code runs it on the batch); with real attention
 values ties are not expected. The IQR uses ``numpy.percentile`` on float32, as the official code does.
+
+Focus recall (:mod:`lrs_plugin.reducers._cells`): every tile is encoded, so the tile recall is 1.0 for a box inside
+the image. The token recall is over the cells of the **kept patches** (the base image's included): what a kept token
+absorbs in the merge adds no cell, and the pruned-summary token has none.
 """
 
 from __future__ import annotations
@@ -261,7 +265,7 @@ class PruMergeReducer(PreLLMReducer):
         self.backbone = backbone
         self.max_tiles = tiles.max_tiles
         self._pinpoints = tiles.grid_pinpoints(backbone)
-        self.vision = LastImage(self.vision_tokens)
+        self.vision = LastImage(self._encode)
 
     def vision_tokens(self, image: Any) -> tuple[torch.Tensor, int, list[int]]:
         """``(tokens [N, C] sent to the LLM, tiles encoded, tokens per tile)`` for an RGB PIL image.
@@ -269,25 +273,48 @@ class PruMergeReducer(PreLLMReducer):
         Tiles are concatenated in the processor's order (base image, then the grid in raster order), as the seed's
         ``flat`` merge does: no unpadding, no ``image_newline``.
         """
+        vision, tiles, counts, _ = self._encode(image)
+        return vision, tiles, counts
+
+    def _encode(self, image: Any) -> tuple[torch.Tensor, int, list[int], np.ndarray]:
+        """:meth:`vision_tokens` and the tokens' source-pixel cells ``[N, 4]``.
+
+        A tile's tokens are its kept patches (:func:`prumerge_select`), whose cells they carry, then the
+        pruned-summary token (a NaN cell).
+        """
         from lrs_plugin._vision_probe import probe_next_layer
+        from lrs_plugin.reducers._cells import tile_cells
 
         bb = self.backbone
         pixel_values, _grid = bb.image_crops(image, self._pinpoints)
         probe = probe_next_layer(bb, pixel_values)
-        picked = [
-            prumerge_tile(probe.hidden[i], probe.keys[i], probe.cls_attention[i], self.config)
-            for i in range(pixel_values.shape[0])
-        ]
+        patch_cells = tile_cells(bb, image.size, self._pinpoints)  # [n, P, 4]
+        picked, cells = [], []
+        for i in range(pixel_values.shape[0]):
+            keep = prumerge_select(
+                probe.cls_attention[i],
+                variant=self.config.variant,
+                adaptive=self.config.adaptive,
+                reduction_ratio=self.config.reduction_ratio,
+            )
+            # = prumerge_tile(...), keeping the indices for the cells.
+            picked.append(prumerge_merge(probe.hidden[i][1:], probe.keys[i][1:], probe.cls_attention[i], keep))
+            cells += [patch_cells[i][keep.cpu().numpy()], np.full((1, 4), np.nan)]
         counts = [int(t.shape[0]) for t in picked]
         with torch.no_grad():
             # The tower may run in its own dtype (vision_dtype): the projector takes its own.
             vision = bb.model.model.multi_modal_projector(torch.cat(picked)[None].to(bb.projector_dtype))[0]
         embed_dtype = bb.language_model.get_input_embeddings().weight.dtype
-        return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0]), counts
+        return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0]), counts, np.concatenate(cells)
 
-    def vision_for(self, image: LargeImage) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """The PruMerge tokens of the image (computed once per image) and the method's stats."""
-        vision, tiles, counts = self.vision.get(image)
+    def vision_for(
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """The PruMerge tokens of the image (computed once per image), the method's stats and the focus recall."""
+        from lrs_plugin.reducers._cells import focus_recall
+
+        vision, tiles, counts, cells = self.vision.get(image)
+        recall = focus_recall(self.backbone, doc, image.size, cells, num_tokens=int(vision.shape[0]))
         extra = {
             "projector_tokens": int(vision.shape[0]),  # only the kept tokens go through the projector
             "prumerge": {
@@ -302,5 +329,6 @@ class PruMergeReducer(PreLLMReducer):
                     "max": max(counts),
                 },
             },
+            **recall,
         }
         return vision, tiles, extra

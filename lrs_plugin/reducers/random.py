@@ -5,10 +5,14 @@ The budget is the number of vision tokens sent to the LLM, LLaVA-NeXT ``image_ne
 FastV and PDrop treat LLaVA-NeXT's span; ``newlines="keep"`` keeps every newline token and draws the rest of the
 budget from the other tokens (at least one); when the newlines alone fill the budget it cannot be met and the stats
 say ``budget_met: False``.
+
+Focus recall (:mod:`lrs_plugin.reducers._cells`): every tile is encoded, so the tile recall is 1.0 for a box inside
+the image; the token recall is over the cells of the drawn tokens (base-image tokens included, newlines have none).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,9 +112,14 @@ class RandomReducer(PreLLMReducer):
         self.vision = PlainVision(backbone, grid_pinpoints=tiles.grid_pinpoints(backbone))
         self.max_tiles = tiles.max_tiles
 
-    def vision_for(self, image: LargeImage) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """A seeded random subset of the plain vision tokens, and whether the budget was met."""
+    def vision_for(
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """A seeded random subset of the plain vision tokens, whether the budget was met, and the focus recall."""
+        from lrs_plugin.reducers._cells import focus_recall, stock_cells
+
         vision, tiles = self.vision.get(image)
+        num_tokens, kept = int(vision.shape[0]), None
         budget_met = True
         if self.config.budget is not None:
             newline = self.backbone.image_newline
@@ -119,8 +128,10 @@ class RandomReducer(PreLLMReducer):
             else:
                 is_newline = (vision == newline.to(vision.dtype)).all(dim=-1)
             gen = torch.Generator().manual_seed(self.config.seed)
-            vision, _ = random_keep(
+            vision, kept = random_keep(
                 vision, is_newline, self.config.budget, generator=gen, newlines=self.config.newlines
             )
             budget_met = int(vision.shape[0]) <= self.config.budget
-        return vision, tiles, {"budget_met": budget_met}
+        cells = stock_cells(self.backbone, image.size, self.vision.grid_pinpoints)
+        recall = focus_recall(self.backbone, doc, image.size, cells, kept, num_tokens=num_tokens)
+        return vision, tiles, {"budget_met": budget_met, **recall}

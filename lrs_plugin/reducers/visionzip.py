@@ -20,10 +20,16 @@ anyres-p144 (``max_tiles=144``), its MME-RealWorld-RS run 120 + 24. Deviation, d
 recomputed from the layer's own ``q_proj`` / ``k_proj`` (equal to the eager weights to float precision), so the tower
 keeps its SDPA / flash kernel; the official code patches CLIP's attention to return eager weights. When a budget
 exceeds a tile's tokens it is clipped (all patches kept, no contextual tokens).
+
+Focus recall (:mod:`lrs_plugin.reducers._cells`): every tile is encoded, so the tile recall is 1.0 for a box inside
+the image. The token recall is over the cells of the **dominant patches** only (the base image's included): a
+contextual token merges tokens from all over its tile and a [CLS] state summarises it, so neither has a cell.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
     from lrs_plugin.backbone import Backbone
     from lrs_plugin.imagery import LargeImage
 
-__all__ = ["VisionZipConfig", "VisionZipReducer", "visionzip_select", "visionzip_next_layout"]
+__all__ = ["VisionZipConfig", "VisionZipReducer", "visionzip_cells", "visionzip_select", "visionzip_next_layout"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,33 @@ def visionzip_next_layout(
     return torch.cat([tokens[0], dominant, tiles[:, 0], tiles[:, 1 + d :].reshape(-1, tokens.shape[-1])])
 
 
+def visionzip_cells(
+    tile_cells: torch.Tensor, patches: torch.Tensor, tokens_per_tile: int, grid: tuple[int, int] | None
+) -> torch.Tensor:
+    """Source-pixel cells of the VisionZip tokens, in the order the reducer sends them.
+
+    Args:
+        tile_cells: ``[n, g*g, 4]`` cells of every patch of every tile
+            (:func:`lrs_plugin._token_cells.tile_patch_cells`).
+        patches: ``[n, D-1]`` dominant patch positions per tile (from :func:`visionzip_select`).
+        tokens_per_tile: ``K``, tokens per tile (``D`` dominant, [CLS] included, then the contextual ones).
+        grid: ``(rows, cols)`` of the LLaVA-NeXT grid (laid out by :func:`visionzip_next_layout`); ``None`` for one
+            LLaVA-1.5 tile.
+
+    Returns:
+        ``[n * K, 4]``: a dominant patch's cell; NaN for [CLS] states and contextual (merged) tokens.
+    """
+    n, d = patches.shape
+    nan = torch.full((n, 1, 4), float("nan"), dtype=tile_cells.dtype)
+    dominant = torch.gather(tile_cells, 1, patches.cpu().long()[..., None].expand(n, d, 4))
+    rest = nan.expand(n, tokens_per_tile - 1 - d, 4)
+    per_tile = torch.cat([nan, dominant, rest], dim=1)  # [n, K, 4], each tile's row laid out as its tokens
+    if grid is None:
+        return per_tile.reshape(-1, 4)
+    side = math.isqrt(tile_cells.shape[1])
+    return visionzip_next_layout(per_tile, patches.cpu(), grid, side)
+
+
 @register_reducer("visionzip", stage="pre_llm")
 class VisionZipReducer(PreLLMReducer):
     """VisionZip on every vision tile, before the LLM (see the module docstring for the method and layout)."""
@@ -157,11 +190,17 @@ class VisionZipReducer(PreLLMReducer):
         self.backbone = backbone
         self.max_tiles = tiles.max_tiles
         self._pinpoints = tiles.grid_pinpoints(backbone)
-        self.vision = LastImage(self.vision_tokens)
+        self.vision = LastImage(self._encode)
 
     def vision_tokens(self, image: Any) -> tuple[torch.Tensor, int]:
         """``(tokens [N, C] sent to the LLM, tiles encoded)`` for an RGB PIL image."""
+        vision, tiles, _ = self._encode(image)
+        return vision, tiles
+
+    def _encode(self, image: Any) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """:meth:`vision_tokens` and the tokens' source-pixel cells ``[N, 4]`` (:func:`visionzip_cells`)."""
         from lrs_plugin._vision_probe import probe_feature_layer
+        from lrs_plugin.reducers._cells import tile_cells
 
         bb = self.backbone
         pixel_values, grid = bb.image_crops(image, self._pinpoints)
@@ -180,12 +219,19 @@ class VisionZipReducer(PreLLMReducer):
             vision = projected.reshape(-1, projected.shape[-1])
         else:
             vision = visionzip_next_layout(projected, torch.stack(patches), grid, bb.patches_per_side)
+        cells = torch.from_numpy(tile_cells(bb, image.size, self._pinpoints))
+        cells = visionzip_cells(cells, torch.stack(patches), int(projected.shape[1]), grid)
         embed_dtype = bb.language_model.get_input_embeddings().weight.dtype
-        return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0])
+        return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0]), cells
 
-    def vision_for(self, image: LargeImage) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """The VisionZip tokens of the image (computed once per image) and the method's stats."""
-        vision, tiles = self.vision.get(image)
+    def vision_for(
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """The VisionZip tokens of the image (computed once per image), the method's stats and the focus recall."""
+        from lrs_plugin.reducers._cells import focus_recall
+
+        vision, tiles, cells = self.vision.get(image)
+        recall = focus_recall(self.backbone, doc, image.size, cells.numpy(), num_tokens=int(vision.shape[0]))
         extra = {
             "projector_tokens": int(vision.shape[0]),  # only the kept tokens go through the projector
             "visionzip": {
@@ -193,5 +239,6 @@ class VisionZipReducer(PreLLMReducer):
                 "contextual": self.config.contextual,
                 "max_tiles": self.max_tiles,
             },
+            **recall,
         }
         return vision, tiles, extra

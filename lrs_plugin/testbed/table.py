@@ -35,10 +35,15 @@ __all__ = [
     "RowSpec",
     "TestbedConfig",
     "format_table",
+    "make_checkpoint",
     "pareto_front",
     "row_specs",
     "run_testbed",
+    "shipped_checkpoint",
 ]
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "rfm.safetensors", "train_log.json", "rfm_train_log.json")
+"""Files every trained testbed checkpoint holds (besides the tokenizer and processor files of ``save_pretrained``)."""
 
 ROW_KEYS = (
     "low_res",
@@ -151,8 +156,13 @@ class TestbedConfig:
     jobs: int = 2
     timeout_s: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | Path | None = None
+    """A trained testbed checkpoint with its RFM (:func:`shipped_checkpoint`, :func:`make_checkpoint`): skips the
+    training and distillation stages and never writes into it. ``None``: train one in ``out/model``."""
 
     def __post_init__(self) -> None:
+        if self.checkpoint is not None:
+            check_checkpoint(self.checkpoint)
         for name in ("eval_scenes", "rfm_scenes", "rfm_steps", "jobs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -165,6 +175,62 @@ class TestbedConfig:
             raise ConfigError(f"TestbedConfig.rows={list(self.rows)!r} is invalid; valid: a subset of {list(ROW_KEYS)}")
         if "random" in self.rows and "c2f_rfm" not in self.rows:
             raise ConfigError("TestbedConfig.rows: 'random' runs at c2f_rfm's budget, so it needs 'c2f_rfm' too")
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def check_checkpoint(folder: str | Path) -> Path:
+    """``folder`` as a :class:`~pathlib.Path` once it holds every file of :data:`CHECKPOINT_FILES`.
+
+    Raises:
+        ConfigError: ``folder`` is missing or lacks one of the files (named).
+    """
+    path = Path(folder)
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"testbed checkpoint {str(path)!r} lacks {missing}; valid: a folder written by "
+            "'lrs-plugin testbed checkpoint --out DIR' (or the shipped one: --checkpoint shipped)"
+        )
+    return path
+
+
+def shipped_checkpoint() -> Path:
+    """The trained testbed checkpoint shipped in the package (model + RFM, ~7 MB; ``make_checkpoint`` recipe).
+
+    Raises:
+        ConfigError: the package was installed without it.
+    """
+    return check_checkpoint(Path(__file__).with_name("checkpoint"))
+
+
+def make_checkpoint(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    rfm_scenes: int = 50,
+    rfm_steps: int = 300,
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Train the testbed model (``TrainConfig(seed=seed)``) and distill its RFM into ``out``: the shipped recipe.
+
+    The RFM's recorded passes use ``rfm_scenes`` train-split scenes written to a temporary folder, so ``out`` holds
+    the checkpoint only. Reuses a model or RFM ``out`` already holds with the same settings.
+    """
+    import tempfile
+
+    from lrs_plugin.testbed.train import TrainConfig
+
+    folder = Path(out)
+    _model(folder, TrainConfig(seed=seed), log)
+    with tempfile.TemporaryDirectory(prefix="lrs_synth_rfm_") as tmp:
+        data = _data(Path(tmp), split="train", seed=seed, scenes=rfm_scenes)
+        _rfm(folder, data, rfm_steps, seed, log)
+    return check_checkpoint(folder)
+
+
+def _read_logs(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training and distillation records of a finished checkpoint."""
+    return tuple(json.loads((ckpt / n).read_text(encoding="utf-8")) for n in ("train_log.json", "rfm_train_log.json"))
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -472,10 +538,14 @@ def run_testbed(
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = _data(root / "eval_data", split="eval", seed=cfg.seed, scenes=cfg.eval_scenes)
-    rfm_data = _data(root / "rfm_data", split="train", seed=cfg.seed, scenes=cfg.rfm_scenes)
-    ckpt = root / "model"
-    train_record = _model(ckpt, cfg.train or TrainConfig(seed=cfg.seed), log)
-    rfm_record = _rfm(ckpt, rfm_data, cfg.rfm_steps, cfg.seed, log)
+    if cfg.checkpoint is not None:
+        ckpt = Path(cfg.checkpoint)
+        train_record, rfm_record = _read_logs(ckpt)
+    else:
+        rfm_data = _data(root / "rfm_data", split="train", seed=cfg.seed, scenes=cfg.rfm_scenes)
+        ckpt = root / "model"
+        train_record = _model(ckpt, cfg.train or TrainConfig(seed=cfg.seed), log)
+        rfm_record = _rfm(ckpt, rfm_data, cfg.rfm_steps, cfg.seed, log)
     rows = _run_rows(cfg, ckpt, data, root / "runs", log)
     report: dict[str, Any] = {
         "chance": dict(sc.CHANCE),
