@@ -18,6 +18,7 @@ from lrs_plugin._leaderboard_schema import (
     MME_CATEGORIES,
     LeaderboardError,
     category_column,
+    shown,
 )
 from lrs_plugin.data.lrs_vqa import SUBSETS
 from lrs_plugin.data.mme_realworld_rs import EXPECTED_ROWS as MME_ROWS
@@ -51,6 +52,7 @@ _NON_SEMANTIC_ARGS = frozenset(
         "trust_remote_code",
         "resume_dir",
         "resume",
+        "resume_strict",
     }
 )
 _EFFICIENCY = {
@@ -84,7 +86,7 @@ def parse_model_args(text: str) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            raise LeaderboardError(f"model_args part {part!r} is not key=value (model_args={text!r})")
+            raise LeaderboardError(f"model_args part {shown(part)} is not key=value (model_args={shown(text)})")
         args[key.strip()] = value.strip()
     return args
 
@@ -119,7 +121,7 @@ def _task_sizes(data: Mapping[str, Any], tasks: Sequence[str], path: Path) -> di
 
 def _check_complete(data: Mapping[str, Any], sizes: Mapping[str, int], path: Path) -> None:
     if (data["config"].get("limit")) not in (None, "", 0):
-        raise LeaderboardError(f"{path}: run with limit={data['config']['limit']!r}; only full runs are submitted")
+        raise LeaderboardError(f"{path}: run with limit={shown(data['config']['limit'])}; only full runs are submitted")
     for task in MME_TASKS:
         if task in sizes and sizes[task] != MME_ROWS:
             raise LeaderboardError(f"{path}: {task} has {sizes[task]} questions, the benchmark {MME_ROWS}")
@@ -136,7 +138,9 @@ def _read_samples(samples: Sequence[str | Path], tasks: Sequence[str], sizes: Ma
         path = Path(item)
         match = re.search(r"_samples_(?P<task>.+)\.jsonl$", path.name)
         if match is None or match["task"] not in tasks:
-            raise LeaderboardError(f"samples file {path.name!r} is not '<date>_samples_<task>.jsonl' of {list(tasks)}")
+            raise LeaderboardError(
+                f"samples file {shown(path.name)} is not '<date>_samples_<task>.jsonl' of {list(tasks)}"
+            )
         task = match["task"]
         found: set = set()
         count = failed = 0
@@ -158,7 +162,7 @@ def _read_samples(samples: Sequence[str | Path], tasks: Sequence[str], sizes: Ma
             count += 1
             if detail.get("error") is not None:
                 failed += 1
-                first_failure = first_failure or f"{detail.get('question_id')}: {detail['error']}"
+                first_failure = first_failure or f"{shown(detail.get('question_id'))}: {shown(detail['error'], 200)}"
             found.add(detail.get("synonyms") if task in LRS_TASKS else detail.get("extraction"))
         if count != sizes[task]:
             raise LeaderboardError(f"{path}: {count} samples but the results file counts {sizes[task]} for {task}")
@@ -182,12 +186,16 @@ def _scoring(data: Mapping[str, Any], tasks: Sequence[str], sample_modes: Mappin
                 text = str(((data.get("configs") or {}).get(task) or {}).get("metadata", {}).get("scoring", ""))
                 modes.add("wordnet" if "wordnet" in text.casefold() else "exact" if "exact" in text else None)
         if len(modes) != 1 or None in modes:
-            raise LeaderboardError(f"{path}: cannot tell one LRS-VQA synonym rule ({modes}); pass the samples files")
+            raise LeaderboardError(
+                f"{path}: cannot tell one LRS-VQA synonym rule ({shown(modes, 200)}); pass the samples files"
+            )
         parts.append(modes.pop())
     for task in (t for t in tasks if t in MME_TASKS):
         declared = ((data.get("configs") or {}).get(task) or {}).get("metadata", {}).get("extraction", MME_TASKS[task])
         if task in sample_modes and sample_modes[task] != {declared}:
-            raise LeaderboardError(f"{path}: {task} samples were scored with {sample_modes[task]}, not {declared}")
+            raise LeaderboardError(
+                f"{path}: {task} samples were scored with {shown(sample_modes[task], 200)}, not {shown(declared)}"
+            )
         parts.append(declared)
     return "+".join(parts)
 
@@ -218,7 +226,7 @@ def _date(data: Mapping[str, Any], path: Path) -> str:
     try:
         return datetime.strptime(raw[:8], "%Y%m%d").date().isoformat()
     except ValueError as exc:
-        raise LeaderboardError(f"{path}: date {raw!r} is not lmms-eval's YYYYMMDD_HHMMSS") from exc
+        raise LeaderboardError(f"{path}: date {shown(raw)} is not lmms-eval's YYYYMMDD_HHMMSS") from exc
 
 
 def _method_of(reducer: str | None) -> str:
@@ -307,10 +315,13 @@ def build_row(
     tasks = [t for t in (*LRS_TASKS, *MME_TASKS) if t in results]
     if foreign:
         raise LeaderboardError(
-            f"{path}: tasks {foreign} are not lrs-plugin's; a leaderboard row takes only {sorted(OUR_TASKS)}"
+            f"{path}: tasks {shown(foreign, 200)} are not lrs-plugin's; "
+            f"a leaderboard row takes only {sorted(OUR_TASKS)}"
         )
     if not tasks:
-        raise LeaderboardError(f"{path}: no results of {sorted(OUR_TASKS - {'lrs_vqa'})} (found {sorted(results)})")
+        raise LeaderboardError(
+            f"{path}: no results of {sorted(OUR_TASKS - {'lrs_vqa'})} (found {shown(sorted(results, key=str), 200)})"
+        )
     if all(t in results for t in MME_TASKS):
         raise LeaderboardError(f"{path}: both {list(MME_TASKS)} present; submit one extraction rule per row")
     sizes = _task_sizes(data, tasks, path)
@@ -346,7 +357,7 @@ def build_row(
                 row[category_column("mme_rw_rs", cat)] = _number(metrics.get(f"cat_{cat},none"))
         main = "aa,none" if task in LRS_TASKS else "acc,none"
         if _number(metrics.get(main)) is None:
-            raise LeaderboardError(f"{path}: {task} has no numeric {main!r} result ({metrics.get(main)!r})")
+            raise LeaderboardError(f"{path}: {task} has no numeric {main!r} result ({shown(metrics.get(main))})")
     values = [row[c] for c in ACCURACY_COLUMNS]
     row["avg_acc"] = sum(values) / 4 if all(v is not None for v in values) else None
     for col, metric in _EFFICIENCY.items():

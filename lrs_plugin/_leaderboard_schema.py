@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,16 +23,20 @@ __all__ = [
     "COLUMN_NAMES",
     "KEY_COLUMNS",
     "LRS_SUBSET_COLUMNS",
+    "MAX_CELL_CHARS",
+    "MAX_LINK_CHARS",
     "MME_CATEGORIES",
     "SCORING_VALUES",
     "SOURCES",
     "Column",
     "LeaderboardError",
     "category_column",
+    "cell_limit",
     "describe_key",
     "format_cell",
     "parse_row",
     "row_key",
+    "shown",
     "sort_rows",
     "validate_rows",
 ]
@@ -157,10 +162,41 @@ _REQUIRED = {
         "results_link",
     ),
 }
-_FORMULA_PREFIXES = ("=", "+", "-", "@")
+MAX_CELL_CHARS = 1000
+"""Longest cell (characters) of every column but ``results_link``; the longest paper cell has 81."""
+
+MAX_LINK_CHARS = 2048
+"""Longest ``results_link`` (a URL; browsers and servers commonly stop near 2,000 characters)."""
+
+SHOWN_CHARS = 80
+"""Characters of a user value quoted in an error message before it is cut with ``...``."""
+
+# OWASP's CSV-injection prefixes: a spreadsheet runs a cell starting with one of them as a formula.
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Invisible text-direction controls: they make a rendered name read as another ("Trojan Source").
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ROUND_TOLERANCE = 0.02  # two cells rounded to 0.01 each: their mean may differ from the rounded mean by this much
+
+
+def cell_limit(column: str) -> int:
+    """The most characters a cell of ``column`` may hold (:data:`MAX_LINK_CHARS` or :data:`MAX_CELL_CHARS`)."""
+    return MAX_LINK_CHARS if column == "results_link" else MAX_CELL_CHARS
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as an error message quotes it, escaped and cut.
+
+    ``repr`` escapes control characters, ANSI escapes and line breaks, so nothing a user typed reaches the terminal
+    raw; a value longer than ``limit`` characters is cut there, followed by ``...`` and its length.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def format_cell(column: str, value: Any) -> str:
@@ -168,10 +204,9 @@ def format_cell(column: str, value: Any) -> str:
     if value is None or value == "":
         return ""
     kind = _BY_NAME[column].kind
-    if kind == "percent":
-        return f"{float(value):.2f}"
-    if kind == "number":
-        return f"{float(value):.6g}"
+    if kind in ("percent", "number"):
+        number = float(value) or 0.0  # -0.0 is written "0", not "-0"
+        return f"{number:.2f}" if kind == "percent" else f"{number:.6g}"
     return str(value)
 
 
@@ -179,17 +214,24 @@ def _parse_number(column: str, value: Any, errors: list[str], where: str) -> flo
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        errors.append(f"{where}: {column}={value!r} is not a number")
+        errors.append(f"{where}: {column}={shown(value)} is not a number")
+        return None
+    if isinstance(value, str) and len(value) > cell_limit(column):
+        errors.append(f"{where}: {_too_long(column, value)}")
         return None
     try:
         number = float(value)
     except ValueError:
-        errors.append(f"{where}: {column}={value!r} is not a number")
+        errors.append(f"{where}: {column}={shown(value)} is not a number")
         return None
     if not math.isfinite(number):
-        errors.append(f"{where}: {column}={value!r} is not a finite number")
+        errors.append(f"{where}: {column}={shown(value)} is not a finite number")
         return None
     return number
+
+
+def _too_long(column: str, value: str) -> str:
+    return f"{column} is {len(value)} characters long, the limit is {cell_limit(column)} ({shown(value, 40)})"
 
 
 def parse_row(row: Mapping[str, Any], where: str = "row") -> tuple[dict[str, Any], list[str]]:
@@ -197,7 +239,7 @@ def parse_row(row: Mapping[str, Any], where: str = "row") -> tuple[dict[str, Any
     errors: list[str] = []
     unknown = [k for k in row if k not in _BY_NAME]
     if unknown:
-        errors.append(f"{where}: unknown column(s) {sorted(unknown)}; known: {list(COLUMN_NAMES)}")
+        errors.append(f"{where}: unknown column(s) {shown(sorted(unknown, key=str), 200)}; known: {list(COLUMN_NAMES)}")
     missing = [c for c in COLUMN_NAMES if c not in row]
     if missing:
         errors.append(f"{where}: missing column(s) {missing}")
@@ -208,7 +250,7 @@ def parse_row(row: Mapping[str, Any], where: str = "row") -> tuple[dict[str, Any
             if value is None:
                 value = ""
             if not isinstance(value, str):
-                errors.append(f"{where}: {col.name}={value!r} must be text")
+                errors.append(f"{where}: {col.name}={shown(value)} must be text")
                 value = str(value)
             typed[col.name] = value
         else:
@@ -223,7 +265,26 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
 
 def describe_key(key: tuple[str, ...]) -> str:
     """``model=... method=... setting=... source=... scoring=...`` for messages."""
-    return " ".join(f"{c}={v!r}" for c, v in zip(KEY_COLUMNS, key, strict=True))
+    return " ".join(f"{c}={shown(v)}" for c, v in zip(KEY_COLUMNS, key, strict=True))
+
+
+def _text_problem(column: str, value: str) -> str | None:
+    """What is wrong with one text cell (the first problem found), or None."""
+    if len(value) > cell_limit(column):
+        return _too_long(column, value)
+    # " =1+1" too: a spreadsheet that trims cells on import would run it.
+    first = value[:1] if value.startswith(_FORMULA_PREFIXES) else value.lstrip()[:1]
+    if first and first in _FORMULA_PREFIXES:
+        allowed = " ".join(repr(p) if p in "\t\r" else p for p in _FORMULA_PREFIXES)
+        return (
+            f"{column}={shown(value)} starts with {first!r}; a spreadsheet would run it as a formula "
+            f"(text cells may not start with {allowed}, even after white space)"
+        )
+    if any(ch in value for ch in "\r\n\u2028\u2029"):
+        return f"{column}={shown(value)} contains a line break"
+    if any(unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS for ch in value):
+        return f"{column}={shown(value)} contains a control character (tab, escape, NUL, bidi override, ...)"
+    return None
 
 
 def _check_row(row: Mapping[str, Any], where: str) -> list[str]:
@@ -231,32 +292,28 @@ def _check_row(row: Mapping[str, Any], where: str) -> list[str]:
     for col in COLUMNS:
         value = row[col.name]
         if col.kind == "text":
-            if value.startswith(_FORMULA_PREFIXES):
-                errors.append(
-                    f"{where}: {col.name}={value!r} starts with {value[0]!r}; a spreadsheet would run it as a "
-                    f"formula (text cells may not start with {' '.join(_FORMULA_PREFIXES)})"
-                )
-            if any(ch in value for ch in "\r\n"):
-                errors.append(f"{where}: {col.name}={value!r} contains a line break")
+            problem = _text_problem(col.name, value)
+            if problem:
+                errors.append(f"{where}: {problem}")
         elif value is not None:
             if col.kind == "percent" and not 0.0 <= value <= 100.0:
-                errors.append(f"{where}: {col.name}={value!r} is outside 0-100 (accuracies are in percent)")
+                errors.append(f"{where}: {col.name}={shown(value)} is outside 0-100 (accuracies are in percent)")
             if col.kind == "number" and value < 0:
-                errors.append(f"{where}: {col.name}={value!r} is negative")
+                errors.append(f"{where}: {col.name}={shown(value)} is negative")
     source = row["source"]
     if source not in SOURCES:
-        errors.append(f"{where}: source={source!r} is not one of {list(SOURCES)}")
+        errors.append(f"{where}: source={shown(source)} is not one of {list(SOURCES)}")
     else:
         for name in _REQUIRED[source]:
             if not row[name]:
                 errors.append(f"{where}: {name} is required for source={source} rows")
     if row["scoring"] and row["scoring"] not in SCORING_VALUES:
-        errors.append(f"{where}: scoring={row['scoring']!r} is not one of {list(SCORING_VALUES)}")
+        errors.append(f"{where}: scoring={shown(row['scoring'])} is not one of {list(SCORING_VALUES)}")
     if source == "measured":
         if row["date"] and not _DATE.match(row["date"]):
-            errors.append(f"{where}: date={row['date']!r} is not YYYY-MM-DD")
+            errors.append(f"{where}: date={shown(row['date'])} is not YYYY-MM-DD")
         if row["config_hash"] and not _SHA256.match(row["config_hash"]):
-            errors.append(f"{where}: config_hash={row['config_hash']!r} is not a sha256 hex digest")
+            errors.append(f"{where}: config_hash={shown(row['config_hash'])} is not a sha256 hex digest")
         if row["scoring"] == "paper":
             errors.append(f"{where}: scoring=paper is only for source=paper rows")
     if (row["latency_s"] is not None or row["fps"] is not None) and not row["hardware"]:
@@ -272,7 +329,9 @@ def _check_means(row: Mapping[str, Any], where: str) -> list[str]:
     if all(v is not None for v in values):
         mean = sum(values) / len(values)
         if row["avg_acc"] is None or abs(row["avg_acc"] - mean) > _ROUND_TOLERANCE:
-            errors.append(f"{where}: avg_acc={row['avg_acc']!r} but the mean of {list(ACCURACY_COLUMNS)} is {mean:.2f}")
+            errors.append(
+                f"{where}: avg_acc={shown(row['avg_acc'])} but the mean of {list(ACCURACY_COLUMNS)} is {mean:.2f}"
+            )
     elif row["avg_acc"] is not None:
         errors.append(f"{where}: avg_acc is set but not all of {list(ACCURACY_COLUMNS)} are")
     for subset, prefix in _lrs_items():
@@ -280,7 +339,7 @@ def _check_means(row: Mapping[str, Any], where: str) -> list[str]:
         if row[prefix] is not None and all(v is not None for v in cats):
             mean = sum(cats) / len(cats)
             if abs(row[prefix] - mean) > _ROUND_TOLERANCE:
-                errors.append(f"{where}: {prefix}={row[prefix]!r} but the mean of its categories is {mean:.2f}")
+                errors.append(f"{where}: {prefix}={shown(row[prefix])} but the mean of its categories is {mean:.2f}")
     return errors
 
 
@@ -289,13 +348,16 @@ def validate_rows(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 
     Checks columns (no unknown or missing ones: the per-category columns are the known subsets' categories), types,
     0-100 ranges of accuracies, non-negative efficiency numbers, allowed ``source`` / ``scoring`` values, the
-    provenance required for the row's source, ``avg_acc`` and subset means, spreadsheet-formula text cells, and
-    duplicate keys (:data:`KEY_COLUMNS`).
+    provenance required for the row's source, ``avg_acc`` and subset means, cell lengths (:func:`cell_limit`),
+    spreadsheet-formula text cells (starting with ``= + - @``, tab or carriage return, also after white space),
+    line breaks and other control characters in text cells, and duplicate keys (:data:`KEY_COLUMNS`). Messages
+    quote values through :func:`shown`.
     """
     errors: list[str] = []
     seen: dict[tuple[str, ...], int] = {}
     for i, raw in enumerate(rows, start=1):
-        where = f"row {i} ({raw.get('model', '?')!s} / {raw.get('method', '?')!s} / {raw.get('setting', '?')!s})"
+        names = " / ".join(shown(raw.get(c, "?"), 40) for c in ("model", "method", "setting"))
+        where = f"row {i} ({names})"
         row, type_errors = parse_row(raw, where)
         errors += type_errors
         errors += _check_row(row, where)

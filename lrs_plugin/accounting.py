@@ -100,7 +100,10 @@ class EfficiencyTally:
     * ``eff_<key>`` and ``eff_<key>/T`` for each of :data:`EFFICIENCY_KEYS`: the mean over the samples that
       recorded it (the same rule as the ``eff_*`` task metrics, so both agree on this plugin's tasks);
     * ``eff_samples``, ``eff_failed`` (samples with a recorded error) and ``eff_text_only`` (requests without an
-      image), and the same per task.
+      image), and the same per task;
+    * ``eff_resume_disabled`` (and per task), only when some answers were generated while the resume store could not
+      be written (stats key ``resume_disabled``, :mod:`lrs_plugin.resume`): that many would be generated again by a
+      rerun.
 
     Under several processes the sums of every rank are gathered first (every rank calls :meth:`report`, as every
     rank runs ``generate_until``), so the figures cover the whole run.
@@ -115,6 +118,7 @@ class EfficiencyTally:
         row["samples"] = row.get("samples", 0) + 1
         row["failed"] = row.get("failed", 0) + ("error" in stats)
         row["text_only"] = row.get("text_only", 0) + bool(stats.get("text_only"))
+        row["resume_disabled"] = row.get("resume_disabled", 0) + bool(stats.get("resume_disabled"))
         row["new_tokens"] = row.get("new_tokens", 0) + int(stats.get("new_tokens") or 0)
         for key in EFFICIENCY_KEYS:
             value = stats.get(key)
@@ -143,11 +147,12 @@ class EfficiencyTally:
             for key, value in row.items():
                 total[key] = total.get(key, 0) + value
         out: dict[str, float] = {}
+        counts = ("samples", "failed", "text_only") + (("resume_disabled",) if total.get("resume_disabled") else ())
         for suffix, row in [("", total)] + [(f"/{task}", row) for task, row in sorted(self._tasks.items())]:
             for key in EFFICIENCY_KEYS:
                 if row.get(f"n:{key}"):
                     out[f"eff_{key}{suffix}"] = row[f"sum:{key}"] / row[f"n:{key}"]
-            for key in ("samples", "failed", "text_only"):
+            for key in counts:
                 out[f"eff_{key}{suffix}"] = float(row.get(key, 0))
         return out
 

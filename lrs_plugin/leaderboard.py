@@ -7,14 +7,17 @@ use::
     lrs-plugin leaderboard validate leaderboard.csv
     lrs-plugin leaderboard render --readme README.md --plot docs/leaderboard.png
 
-Writes are atomic (a temporary file in the same folder, then ``os.replace``) and serialised by a
-``filelock.FileLock`` on ``<csv>.lock``, so concurrent submissions neither corrupt the file nor lose rows.
+Writes are atomic (a temporary file ``.<csv name>.<random>.tmp`` in the same folder, then ``os.replace``) and
+serialised by a ``filelock.FileLock`` on ``<csv>.lock``, so concurrent submissions neither corrupt the file nor lose
+rows. A process killed between the two leaves the previous file and a stale temporary file, which the next
+``submit`` / ``seed`` of that file removes (under the lock, where no live writer can own one).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import io
 import os
 import sys
@@ -31,11 +34,14 @@ from lrs_plugin._leaderboard_schema import (
     COLUMN_NAMES,
     COLUMNS,
     KEY_COLUMNS,
+    MAX_CELL_CHARS,
+    MAX_LINK_CHARS,
     LeaderboardError,
     describe_key,
     format_cell,
     parse_row,
     row_key,
+    shown,
     sort_rows,
     validate_rows,
 )
@@ -46,6 +52,8 @@ __all__ = [
     "COLUMN_NAMES",
     "KEY_COLUMNS",
     "LeaderboardError",
+    "MAX_CELL_CHARS",
+    "MAX_LINK_CHARS",
     "RenderReport",
     "add_cli",
     "build_row",
@@ -71,17 +79,32 @@ def _lock(csv_path: Path) -> Any:
 
 
 def _read_raw(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and records of a CSV file.
+
+    Every failure to read it is a :class:`LeaderboardError` naming the file, and the line for CSV errors such as a
+    cell over the csv module's field size limit (131,072 characters).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a BOM
     except FileNotFoundError as exc:
         raise LeaderboardError(f"leaderboard file {path} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise LeaderboardError(f"leaderboard file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise LeaderboardError(f"leaderboard file {path} is not readable: {exc}") from exc
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, [])
     records = []
-    for n, cells in enumerate(reader, start=2):
-        if len(cells) != len(header):
-            raise LeaderboardError(f"{path}:{n}: {len(cells)} cells, the header has {len(header)}")
-        records.append(dict(zip(header, cells, strict=True)))
+    try:
+        header = next(reader, [])
+        for cells in reader:
+            if len(cells) != len(header):
+                raise LeaderboardError(f"{path}:{reader.line_num}: {len(cells)} cells, the header has {len(header)}")
+            records.append(dict(zip(header, cells, strict=True)))
+    except csv.Error as exc:
+        raise LeaderboardError(
+            f"{path}:{reader.line_num}: not readable as CSV ({exc}); cells hold at most {MAX_CELL_CHARS} characters "
+            f"({MAX_LINK_CHARS} for results_link): fix or remove that line"
+        ) from exc
     return header, records
 
 
@@ -97,7 +120,7 @@ def validate_file(path: str | Path = "leaderboard.csv") -> list[str]:
         missing = [c for c in COLUMN_NAMES if c not in header]
         unknown = [c for c in header if c not in COLUMN_NAMES]
         errors.append(
-            f"{path}: header is not the schema's columns in order (missing {missing}, unknown {unknown}); "
+            f"{path}: header is not the schema's columns in order (missing {missing}, unknown {shown(unknown, 200)}); "
             f"expected: {','.join(COLUMN_NAMES)}"
         )
         if missing or unknown:
@@ -128,18 +151,72 @@ def _to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _file_mode(path: Path) -> int:
+    """Permission bits for a rewrite of ``path``: its own, or (new file) what ``open`` would give under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # elsewhere: set and restore (briefly process-wide; 077 is the safe side)
+    os.umask(umask)
+    return umask
+
+
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, fsync it, and ``os.replace`` it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    """Write ``text`` to a temporary file next to ``path``, fsync it, and ``os.replace`` it over ``path``.
+
+    The file keeps its permission bits (``mkstemp`` creates 0600 files); the folder is fsynced after the rename
+    where the platform allows, so the new name survives a power cut too.
+    """
+    folder = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
+            if hasattr(os, "fchmod"):  # not on Windows
+                os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files of killed writes of ``path``. Call with its lock held: no live writer has one."""
+    for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass  # not ours to fight over (permissions); it never blocks a write, mkstemp picks a new name
 
 
 def _checked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -183,9 +260,10 @@ def submit(
         raise LeaderboardError("\n".join(errors))
     row = parse_row(row)[0]
     if row["source"] != "measured":
-        raise LeaderboardError(f"submit adds source=measured rows only, not source={row['source']!r}; see seed()")
+        raise LeaderboardError(f"submit adds source=measured rows only, not source={shown(row['source'])}; see seed()")
     path = Path(csv_path)
     with _lock(path):
+        _remove_stale_temps(path)
         rows = read_rows(path) if path.exists() else []
         key = row_key(row)
         if any(row_key(r) == key for r in rows) and not replace:
@@ -205,6 +283,7 @@ def seed(csv_path: str | Path = "leaderboard.csv") -> int:
     """
     path = Path(csv_path)
     with _lock(path):
+        _remove_stale_temps(path)
         kept = [r for r in read_rows(path) if r["source"] != "paper"] if path.exists() else []
         rows = _checked(paper_rows() + kept)
         _write_atomic(path, _to_csv(rows))
@@ -273,7 +352,19 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run a parsed ``leaderboard`` command; returns the exit status (errors of this plugin propagate)."""
+    """Run a parsed ``leaderboard`` command; returns the exit status.
+
+    Raises:
+        LeaderboardError: every failure, an ``OSError`` (unwritable folder, full disk, ``filelock.Timeout``) too,
+            so that ``lrs-plugin`` prints one ``error:`` line instead of a traceback.
+    """
+    try:
+        return _run_cli(args)
+    except OSError as exc:
+        raise LeaderboardError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _run_cli(args: argparse.Namespace) -> int:
     command = args.leaderboard_command
     if command == "submit":
         identity = {

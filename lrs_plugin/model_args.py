@@ -12,7 +12,9 @@ lmms-eval hands values over as ``bool`` / ``int`` / ``float`` / ``str`` (``None`
   ``max_new_tokens`` (overrides the task's value, for quick runs), ``image_cache`` (image files kept open at once,
   default 1: questions are answered grouped by image, so each file is decoded once; it changes no answer);
 * resume (:mod:`lrs_plugin.resume`): ``resume_dir`` (folder where each finished answer is saved at once, so a killed
-  run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir`` set).
+  run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir`` set),
+  ``resume_strict`` (``true`` stops the run when the store cannot be written; default ``false``: one warning, the
+  run goes on without saving; it changes no answer).
 """
 
 from __future__ import annotations
@@ -65,13 +67,16 @@ class ModelSettings:
     resume_dir: str | None = None
     # False ignores resume_dir (neither reads nor writes the store).
     resume: bool = True
+    # True: a resume_dir that cannot be created, read or written stops the run (ResumeStoreError); False: one
+    # warning, the run goes on without saving (samples marked resume_disabled).
+    resume_strict: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.pretrained, str) or not self.pretrained:
             raise ConfigError("c2f_llava needs pretrained=<checkpoint folder or Hub id>")
         if not isinstance(self.reducer, str):
             raise ConfigError(f"reducer must be a name; got {self.reducer!r}")
-        for name in ("trust_remote_code", "resume"):
+        for name in ("trust_remote_code", "resume", "resume_strict"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.resume_dir is not None and (not isinstance(self.resume_dir, str) or not self.resume_dir.strip()):
@@ -95,7 +100,7 @@ _BACKBONE_KEYS = (
     "trust_remote_code",
     "tile_batch_size",
 )
-_RESUME_KEYS = ("resume_dir", "resume")
+_RESUME_KEYS = ("resume_dir", "resume", "resume_strict")
 _HARNESS_KEYS = ("image_cache",)
 
 

@@ -9,7 +9,8 @@ image file are answered in a row so each file is decoded once. Per-sample accoun
 the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through :mod:`lrs_plugin.sample_stats`, and
 its means to lmms-eval's ``results["throughput"]`` for every task (:class:`lrs_plugin.accounting.EfficiencyTally`).
 A failure of one sample, at any step, is recorded on that sample and the run goes on. With ``resume_dir=PATH``
-each finished answer is saved at once (:mod:`lrs_plugin.resume`) and a rerun generates only what is missing.
+each finished answer is saved at once (:mod:`lrs_plugin.resume`) and a rerun generates only what is missing; a
+folder that cannot be written is reported once and the run goes on without saving (``resume_strict=true`` stops it).
 
 Under ``accelerate launch`` each process takes its rank from accelerate; lmms-eval then overrides ``_rank`` /
 ``_world_size`` from ``RANK`` / ``WORLD_SIZE``, so everything rank-dependent is read at ``generate_until`` time.
@@ -30,7 +31,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 
 from lrs_plugin.model_args import parse_model_args
-from lrs_plugin.resume import ResumeStore, answer_key, settings_fingerprint
+from lrs_plugin.resume import RESUME_DISABLED_KEY, ResumeStore, ResumeStoreError, answer_key, settings_fingerprint
 from lrs_plugin.sample_stats import STATS_METADATA_KEY, STORE, sample_key
 
 if TYPE_CHECKING:
@@ -74,7 +75,9 @@ KEEP_ALL_REDUCERS = ("none", "anyres", "downsample")
 def _keep_all_recall(reducer: str, doc: Any, image_wh: tuple[int, int]) -> dict[str, float]:
     """Recall 1.0 (tile and token) for :data:`KEEP_ALL_REDUCERS` when ``doc`` has a box inside the image.
 
-    Nothing otherwise: the other reducers do not report recall yet (:mod:`lrs_plugin.focus_recall`).
+    Nothing otherwise: the other reducers put their own figures in their stats (``c2f``, and the stock-layout
+    reducers through :mod:`lrs_plugin.reducers._cells`; both keys, ``None`` without a box), so this fallback only
+    runs for a reducer that reports none.
     """
     from lrs_plugin.focus_recall import clipped_box
 
@@ -260,22 +263,38 @@ class C2FLlava(lmms):
             torch.cuda.synchronize(self._device)
 
     def _open_resume_store(self) -> ResumeStore | None:
-        """This rank's resume store (rank and world size as lmms-eval set them), or ``None`` when resume is off."""
+        """This rank's resume store (rank and world size as lmms-eval set them), or ``None`` when resume is off.
+
+        Raises:
+            ResumeStoreError: with ``resume_strict=true``, the folder cannot be created, read or written.
+        """
         if self._settings_hash is None:
             return None
-        store = ResumeStore(self.settings.resume_dir, rank=self.rank, world_size=self.world_size)  # type: ignore[arg-type]
+        store = ResumeStore(
+            self.settings.resume_dir,  # type: ignore[arg-type]
+            rank=self.rank,
+            world_size=self.world_size,
+            strict=self.settings.resume_strict,
+        )
         logger.info(
-            "c2f_llava: resume store {}: {} answers loaded ({} unreadable lines skipped); rank {} appends to {}",
+            "c2f_llava: resume store {}: {} answers loaded ({} unreadable lines skipped); rank {} {} {}",
             store.folder,
             store.loaded,
             store.skipped_lines,
             self.rank,
+            "cannot write to" if store.disabled else "appends to",
             store.path.name,
         )
         return store
 
     def _one(self, request: Any, store: ResumeStore | None) -> tuple[GenerationResult, dict[str, Any], bool]:
-        """Answer one request; ``(result, stats, generated?)``. Never raises: every failure lands in the stats."""
+        """Answer one request; ``(result, stats, generated?)``.
+
+        Every failure lands in the stats, except a resume write failure under ``resume_strict=true``.
+
+        Raises:
+            ResumeStoreError: ``resume_strict=true`` and the answer cannot be saved.
+        """
         context, gen_kwargs, visuals, doc_id, task, split = request.args
         gen_kwargs = dict(gen_kwargs or {})
         name = f"{task}/{split}/{doc_id}"
@@ -311,9 +330,13 @@ class C2FLlava(lmms):
                 try:
                     meta = {"task": task, "split": split, "doc_id": doc_id, "question_id": doc.get("question_id")}
                     store.put(key, raw_text, stats, meta=meta)
+                except ResumeStoreError:  # raised by a strict store only (resume_strict=true): stop the run
+                    raise
                 except Exception as exc:  # noqa: BLE001 - the answer is kept; only resuming it is lost
                     logger.opt(exception=True).error("c2f_llava: {}: resume write failed: {}", name, exc)
                     stats["resume_error"] = f"{type(exc).__name__}: {exc}"
+            if store is not None and store.disabled:  # warned once by the store; the results show it per sample
+                stats[RESUME_DISABLED_KEY] = True
         if (request.metadata or {}).get(STATS_METADATA_KEY):
             try:
                 STORE.put(name, stats)

@@ -25,7 +25,13 @@ from loguru import logger
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.harness import EvalRun, offline_env, run_lmms_eval, tasks_dir
 from lrs_plugin.model_args import parse_model_args
-from lrs_plugin.resume import ResumeStore, answer_key, checkpoint_fingerprint, settings_fingerprint
+from lrs_plugin.resume import (
+    ResumeStore,
+    answer_key,
+    checkpoint_fingerprint,
+    record_checksum,
+    settings_fingerprint,
+)
 
 SIZES = {"FAIR": 6, "GLH-Bridge": 4, "STAR": 7}  # 17 questions: odd, so 2 ranks get uneven shards
 N_DOCS = sum(SIZES.values())
@@ -174,7 +180,8 @@ def test_torn_last_line_is_skipped_then_cut_before_appending(tmp_path):
 
 def test_malformed_middle_line_is_skipped(tmp_path):
     path = tmp_path / "answers.rank3-of-4.jsonl"
-    good = [json.dumps({"key": k, "raw_text": "t", "stats": {}}) for k in ("k1", "k2")]
+    records = [{"key": k, "raw_text": "t", "stats": {}} for k in ("k1", "k2")]
+    good = [json.dumps({**r, "line_sha256": record_checksum(r)}) for r in records]
     path.write_text(f'{good[0]}\nnot json\n{{"key": 1, "raw_text": "t", "stats": {{}}}}\n{good[1]}\n')
     store = ResumeStore(tmp_path, rank=0, world_size=1)
     assert store.loaded == 2 and store.skipped_lines == 2
