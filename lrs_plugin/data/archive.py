@@ -4,10 +4,13 @@ A 7z multi-volume archive (``NAME.7z.001``, ``.002``, ...) is one archive split 
 the signature and the end header sits in the last volume. This module never lets a library guess the volume set
 (``multivolumefile`` globs ``NAME.7z.*`` and splices a stray ``.001.incomplete`` into the stream): the volumes are
 listed explicitly with :func:`find_volumes`, checked with :func:`verify_volumes` and then either handed to the
-``7zz``/``7z``/``7za`` binary or read by py7zr through :class:`ConcatenatedReader`.
+``7zz``/``7z``/``7za`` binary or read by py7zr through :class:`ConcatenatedReader`. Without a listing of the
+volumes (a local parts folder), :func:`read_layout` derives their number and sizes from the start header of the
+first volume, so a stray extra volume is named as such instead of failing a size check of the real last one.
 
 :func:`extract` lists the member names first and refuses any that would land outside the target (absolute paths,
 ``..``, drive letters, links), then extracts into a fresh ``.extract-partial-*`` folder that the caller renames.
+The 7-Zip binary runs tied to this process (:mod:`lrs_plugin.data._child`): it dies with it.
 """
 
 from __future__ import annotations
@@ -15,18 +18,22 @@ from __future__ import annotations
 import bisect
 import hashlib
 import io
+import math
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lrs_plugin.data._child import child_options, tied_popen
 from lrs_plugin.errors import ArchiveCorruptError, ArchivePartError, ConfigError, LrsPluginError, UnsafeArchiveError
 
 __all__ = [
@@ -34,10 +41,13 @@ __all__ = [
     "PARTIAL_PREFIX",
     "ArchiveMember",
     "ConcatenatedReader",
+    "VolumeLayout",
     "check_members",
     "extract",
+    "find_local_volumes",
     "find_volumes",
     "list_members",
+    "read_layout",
     "resolve_extractor",
     "sha256_file",
     "verify_volumes",
@@ -52,6 +62,10 @@ PARTIAL_PREFIX = ".extract-partial-"
 BINARY_NAMES = ("7zz", "7z", "7za")
 """7-Zip executables looked up on PATH, in this order."""
 
+SIGNATURE = b"7z\xbc\xaf\x27\x1c"
+"""First 6 bytes of a 7z archive (of its first volume)."""
+
+_START_HEADER = 32
 _CHUNK = 8 * 1024 * 1024
 _PROGRESS_EVERY = 200
 
@@ -73,7 +87,13 @@ class ArchiveMember:
 # Volumes
 
 
-def find_volumes(folder: str | Path, base: str = "LRS_VQA.7z", *, expected_count: int | None = None) -> list[Path]:
+def find_volumes(
+    folder: str | Path,
+    base: str = "LRS_VQA.7z",
+    *,
+    expected_count: int | None = None,
+    source: str | None = None,
+) -> list[Path]:
     r"""List the volumes ``<base>.001 .. <base>.NNN`` of ``folder`` explicitly (no glob).
 
     Only names matching ``^<base>\.(\d{3})$`` count, so ``.001.incomplete``, ``.002.aria2`` or ``.md5`` files next
@@ -82,14 +102,16 @@ def find_volumes(folder: str | Path, base: str = "LRS_VQA.7z", *, expected_count
     Args:
         folder: Folder holding the volumes.
         base: Archive name without the volume number.
-        expected_count: Number of volumes there must be, when known (e.g. from the Hub listing).
+        expected_count: Number of volumes there must be, when known (from the Hub listing or :func:`read_layout`).
+        source: Where ``expected_count`` comes from, for the messages (e.g. :meth:`VolumeLayout.describe`).
 
     Returns:
         The volumes in order, ``001`` first.
 
     Raises:
-        ArchivePartError: The folder is missing, holds no volume, the numbers have gaps or the count differs from
-            ``expected_count``; the message names the missing or unexpected volumes.
+        ArchivePartError: The folder is missing, holds no volume, the numbers have gaps, or (with
+            ``expected_count``) a volume up to it is missing or one beyond it exists; the message names the missing
+            and the unexpected volumes.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -102,19 +124,110 @@ def find_volumes(folder: str | Path, base: str = "LRS_VQA.7z", *, expected_count
             numbered[int(match.group(1))] = entry
     if not numbered:
         raise ArchivePartError(f"no volume {base}.001 (or any {base}.NNN) in {folder}")
-    last = max(numbered)
-    if expected_count is not None:
-        last = max(last, expected_count)
+    last = max(numbered) if expected_count is None else expected_count
     missing = [f"{base}.{n:03d}" for n in range(1, last + 1) if n not in numbered]
-    if missing:
-        raise ArchivePartError(f"missing volume(s) {', '.join(missing)} in {folder} (found {_names(numbered)})")
-    if expected_count is not None and len(numbered) != expected_count:
-        extra = [f"{base}.{n:03d}" for n in sorted(numbered) if n > expected_count]
+    extra = [numbered[n].name for n in sorted(numbered) if n > last]
+    why = f" ({source})" if source else ""
+    if extra:
+        it = "it" if len(extra) == 1 else "them"
+        gap = f"; missing volume(s) {', '.join(missing)}" if missing else ""
         raise ArchivePartError(
-            f"{folder} holds {len(numbered)} volumes of {base} but {expected_count} are expected; "
-            f"unexpected: {', '.join(extra)}"
+            f"{folder} holds {len(numbered)} volumes of {base} but {expected_count} are expected; unexpected: "
+            f"{', '.join(extra)}, found beyond the {expected_count} volumes of {base}{why}: remove {it}{gap}"
         )
+    if missing:
+        count = f"; {base} has {expected_count} volumes{why}" if expected_count is not None else ""
+        raise ArchivePartError(f"missing volume(s) {', '.join(missing)} in {folder} (found {_names(numbered)}{count})")
     return [numbered[n] for n in sorted(numbered)]
+
+
+@dataclass(frozen=True)
+class VolumeLayout:
+    """Number and sizes of the volumes of a split 7z archive, as its start header says.
+
+    Attributes:
+        total_size: Bytes of the whole archive: the 32-byte start header, the packed streams and the end header.
+        volume_size: Bytes of every volume but the last (the size of the first volume).
+        count: Number of volumes, ``ceil(total_size / volume_size)``.
+    """
+
+    total_size: int
+    volume_size: int
+    count: int
+
+    def expected(self, base: str) -> dict[str, tuple[int | None, str | None]]:
+        """``{volume name: (size, None)}`` for :func:`verify_volumes` (no hash is known)."""
+        sizes = [self.volume_size] * (self.count - 1) + [self.total_size - (self.count - 1) * self.volume_size]
+        return {f"{base}.{i:03d}": (size, None) for i, size in enumerate(sizes, start=1)}
+
+    def describe(self, base: str) -> str:
+        """Where the count comes from, in words (for error messages)."""
+        return (
+            f"the start header of {base}.001 gives an archive of {self.total_size} bytes, i.e. {self.count} "
+            f"volume(s) of {self.volume_size} bytes"
+        )
+
+
+def read_layout(first: str | Path, second: str | Path | None = None) -> VolumeLayout | None:
+    """Derive the volume layout from the 7z start header of the first volume.
+
+    The start header (the first 32 bytes, guarded by a CRC) holds the offset and the size of the end header, hence
+    the size of the whole archive; every volume but the last has the size of the first.
+
+    Args:
+        first: The first volume (``<base>.001``).
+        second: The second volume, when there is one: if it is larger than ``first``, ``first`` is truncated and its
+            size says nothing about the others.
+
+    Returns:
+        The layout, or ``None`` when it cannot be trusted: ``first`` is unreadable, not a 7z volume, its start
+        header fails its CRC or has no end header (an unfinished archive), or ``second`` is larger.
+    """
+    try:
+        with open(first, "rb") as handle:
+            head = handle.read(_START_HEADER)
+            first_size = os.fstat(handle.fileno()).st_size
+        second_size = Path(second).stat().st_size if second is not None and Path(second).is_file() else None
+    except OSError:
+        return None
+    if len(head) < _START_HEADER or head[: len(SIGNATURE)] != SIGNATURE:
+        return None
+    (crc,) = struct.unpack_from("<I", head, 8)
+    if zlib.crc32(head[12:_START_HEADER]) != crc:
+        return None
+    offset, length = struct.unpack_from("<QQ", head, 12)
+    if length == 0 or (second_size is not None and second_size > first_size):
+        return None
+    total = _START_HEADER + offset + length
+    volume_size = min(first_size, total)
+    return VolumeLayout(total, volume_size, math.ceil(total / volume_size))
+
+
+def find_local_volumes(
+    folder: str | Path, base: str = "LRS_VQA.7z"
+) -> tuple[list[Path], dict[str, tuple[int | None, str | None]] | None]:
+    """List the volumes of a local folder, checked against the layout their first volume announces.
+
+    With no listing to compare against (no Hub), :func:`read_layout` supplies the expected count and sizes: a stray
+    ``<base>.014`` next to a 13-volume archive is then named as unexpected, a missing last volume as missing.
+    When the layout cannot be read, the volumes are only listed (numbering checked) as by :func:`find_volumes`.
+
+    Args:
+        folder: Folder holding the volumes.
+        base: Archive name without the volume number.
+
+    Returns:
+        ``(volumes, expected)``: ``expected`` is ``{name: (size, None)}`` for :func:`verify_volumes`, or ``None``.
+
+    Raises:
+        ArchivePartError: As in :func:`find_volumes`.
+    """
+    folder = Path(folder)
+    layout = read_layout(folder / f"{base}.001", folder / f"{base}.002")
+    if layout is None:
+        return find_volumes(folder, base), None
+    volumes = find_volumes(folder, base, expected_count=layout.count, source=layout.describe(base))
+    return volumes, layout.expected(base)
 
 
 def _names(numbered: Mapping[int, Path]) -> str:
@@ -148,7 +261,9 @@ def verify_volumes(
         progress: Print one line to stderr per hashed volume.
 
     Raises:
-        ArchivePartError: Naming the bad volume with the expected and the actual value.
+        ArchivePartError: Naming the bad volume with the expected and the actual value. Without ``expected``, a
+            short volume that is not the last is named with the volumes after it (strays, if it is the real last
+            one), and a first volume shorter than the others is named as truncated.
     """
     if not volumes:
         raise ArchivePartError("no volumes given")
@@ -169,12 +284,27 @@ def verify_volumes(
         if size == 0:
             raise ArchivePartError(f"{volume.name} is empty (0 bytes): re-download {volume}")
     first = sizes[0]
-    for volume, size in zip(volumes[1:-1], sizes[1:-1], strict=True):
-        if size != first:
-            raise ArchivePartError(
-                f"{volume.name} has {size} bytes but every volume before the last must have the size of "
-                f"{names[0]} ({first} bytes): truncated or mismatched volume {volume}"
-            )
+    if len(volumes) > 3 and sizes[1] > first and all(size == sizes[1] for size in sizes[2:-1]):
+        raise ArchivePartError(
+            f"{names[0]} has {first} bytes, fewer than the {sizes[1]} bytes of every other volume before the last "
+            f"({', '.join(names[1:-1])}): truncated first volume, re-download {volumes[0]}"
+        )
+    for index in range(1, len(volumes) - 1):
+        volume, size = volumes[index], sizes[index]
+        if size == first:
+            continue
+        rule = (
+            f"{volume.name} has {size} bytes but every volume before the last must have the size of "
+            f"{names[0]} ({first} bytes)"
+        )
+        if size > first:
+            raise ArchivePartError(f"{rule}: truncated or mismatched volume {volume}")
+        later = names[index + 1 :]
+        verb, it = ("does", "it") if len(later) == 1 else ("do", "them")
+        raise ArchivePartError(
+            f"{rule}: either {volume.name} is the last volume and {', '.join(later)} found beyond it {verb} not "
+            f"belong to this archive (remove {it}), or {volume.name} is truncated (re-download {volume})"
+        )
     if len(volumes) > 1 and sizes[-1] > first:
         raise ArchivePartError(
             f"last volume {names[-1]} has {sizes[-1]} bytes, more than the {first} bytes of the others: "
@@ -371,7 +501,7 @@ def _py7zr_member(info) -> ArchiveMember:
 
 def _list_binary(binary: str, volumes: Sequence[Path]) -> list[ArchiveMember]:
     cmd = [binary, "l", "-slt", "-sccUTF-8", "-y", str(volumes[0])]
-    done = subprocess.run(cmd, capture_output=True, env=_c_locale())
+    done = subprocess.run(cmd, capture_output=True, env=_c_locale(), **child_options())
     if done.returncode not in (0, 1):
         raise ArchiveCorruptError(
             f"cannot list {volumes[0].name} with {Path(binary).name} (exit code {done.returncode}): "
@@ -416,17 +546,21 @@ def extract(
     *,
     extractor: str = "auto",
     progress: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> Path:
     """Extract a split archive into a fresh ``.extract-partial-*`` folder inside ``target_parent``.
 
     Member names are checked (:func:`check_members`) before anything is written. On any failure the partial folder
-    is removed.
+    is removed. A 7-Zip binary runs tied to this process: it gets ``SIGKILL`` when this process dies (Linux) and
+    its process group is killed when this call raises, ``KeyboardInterrupt`` included.
 
     Args:
         volumes: Checked volume list, ``001`` first (see :func:`find_volumes`, :func:`verify_volumes`).
         target_parent: Folder that receives the temporary folder (the caller renames its content into place).
         extractor: ``"auto"``, ``"7z"`` or ``"py7zr"`` (see :func:`resolve_extractor`).
         progress: Report progress on stderr.
+        pass_fds: Open descriptors the 7-Zip binary inherits (ignored by py7zr, which runs in this process): pass a
+            held lock (:func:`lrs_plugin.data._lock.exclusive_lock`) and it stays held while the binary runs.
 
     Returns:
         The temporary folder holding the extracted members.
@@ -446,7 +580,7 @@ def extract(
         if kind == "7z":
             members = _list_binary(binary, volumes)
             check_members(members, tmp)
-            _extract_binary(binary, volumes, tmp, _count_files(members), progress)
+            _extract_binary(binary, volumes, tmp, _count_files(members), progress, pass_fds)
         else:
             _extract_py7zr(volumes, tmp, progress)
     except BaseException:
@@ -459,15 +593,17 @@ def _count_files(members: Iterable[ArchiveMember]) -> int:
     return sum(1 for m in members if m.kind == "file")
 
 
-def _extract_binary(binary: str, volumes: Sequence[Path], tmp: Path, total: int, progress: bool) -> None:
+def _extract_binary(
+    binary: str, volumes: Sequence[Path], tmp: Path, total: int, progress: bool, pass_fds: Sequence[int] = ()
+) -> None:
     name = Path(binary).name
     cmd = [binary, "x", "-y", "-sccUTF-8", "-bb1" if progress else "-bb0", f"-o{tmp}", str(volumes[0])]
     with tempfile.TemporaryFile() as err, _Progress(total, f"extracting with {name}", progress) as bar:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=_c_locale())
-        for line in proc.stdout or ():
-            if line.startswith(b"- "):
-                bar.update(1)
-        code = proc.wait()
+        with tied_popen(cmd, pass_fds=pass_fds, stdout=subprocess.PIPE, stderr=err, env=_c_locale()) as proc:
+            for line in proc.stdout or ():
+                if line.startswith(b"- "):
+                    bar.update(1)
+            code = proc.wait()
         err.seek(0)
         stderr = err.read()
     if code == 1:

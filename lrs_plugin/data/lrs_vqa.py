@@ -25,6 +25,7 @@ from typing import Any
 
 from lrs_plugin._jsonl import iter_json_objects
 from lrs_plugin.data import _hub, archive
+from lrs_plugin.data._lock import exclusive_lock
 from lrs_plugin.data._paths import default_dataset_root, require_inside_root
 from lrs_plugin.errors import (
     ConfigError,
@@ -71,6 +72,9 @@ QUESTION_FILE = "LRS_VQA/LRS_VQA_merged.jsonl"
 
 MARKER_NAME = ".lrs_vqa_complete.json"
 """Completion marker inside the fetch root, written only after a verified, complete extraction."""
+
+LOCK_NAME = ".fetch.lock"
+"""Lock file inside the fetch root, held by a running fetch (and its 7-Zip child)."""
 
 ROOT_ENV = "LRS_VQA_ROOT"
 """Environment variable naming an already-extracted copy (the folder that contains ``LRS_VQA/``)."""
@@ -134,11 +138,17 @@ def fetch(
     (``"local"`` for ``parts_dir`` installs), unless ``force``. An interrupted earlier run (leftover
     ``.extract-partial-*`` folders, an extracted tree without marker) is cleaned up and redone.
 
+    The whole fetch holds ``<root>/.fetch.lock``; a second fetch of the same root waits for it (saying so on stderr)
+    and never extracts beside the first. A 7-Zip binary inherits the lock and dies with this process (see
+    :mod:`lrs_plugin.data._child`), so the partial folder of a killed fetch is stale by the time the lock is free:
+    the next fetch removes it.
+
     Args:
         root: Dataset root; defaults to ``default_dataset_root("lrs_vqa")``.
         revision: Hub branch, tag or commit sha (ignored with ``parts_dir``).
-        parts_dir: Folder already holding ``LRS_VQA.7z.001 ..``: no Hub access; sizes and hashes are then unknown,
-            so only numbering and equal sizes are checked.
+        parts_dir: Folder already holding ``LRS_VQA.7z.001 ..``: no Hub access; hashes are then unknown, the
+            volume count and sizes come from the start header of ``LRS_VQA.7z.001``
+            (:func:`lrs_plugin.data.archive.find_local_volumes`).
         extractor: ``"auto"`` (7-Zip binary if on PATH, else py7zr), ``"7z"`` or ``"py7zr"``.
         progress: Report progress on stderr.
         force: Redo the whole fetch even if the marker says complete.
@@ -147,25 +157,23 @@ def fetch(
         The dataset root (parent of ``LRS_VQA/``).
 
     Raises:
-        ArchivePartError: A volume is missing, extra, of the wrong size or hash (named).
+        ArchivePartError: A volume is missing, extra (a stray ``LRS_VQA.7z.014``), of the wrong size or hash
+            (named).
         ArchiveCorruptError: Extraction failed although the volumes passed the checks.
         UnsafeArchiveError: A member would land outside the root.
         DatasetIntegrityError: The archive lacks the question file or referenced images (the first 20 named).
     """
-    from filelock import FileLock, Timeout
-
     root = Path(root) if root is not None else default_dataset_root("lrs_vqa")
     requested = "local" if parts_dir is not None else revision
     if not force and _marker_revision(root) == requested:
         return root
     root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(root / ".fetch.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        _say(progress, f"waiting for another fetch of {root} to finish (lock {lock.lock_file})")
-        lock.acquire()
-    try:
+    lock_path = root / LOCK_NAME
+
+    def waiting() -> None:
+        _say(progress, f"waiting for another fetch of {root} to finish (lock {lock_path})")
+
+    with exclusive_lock(lock_path, on_wait=waiting) as lock_fd:
         if not force and _marker_revision(root) == requested:
             return root
         (root / MARKER_NAME).unlink(missing_ok=True)
@@ -174,7 +182,8 @@ def fetch(
         _remove_stale_partials(root)
         backend, _ = archive.resolve_extractor(extractor)
         _say(progress, f"extracting {len(volumes)} volumes into {root} with {backend}")
-        _install(archive.extract(volumes, root, extractor=extractor, progress=progress), root)
+        inherit = () if lock_fd is None else (lock_fd,)
+        _install(archive.extract(volumes, root, extractor=extractor, progress=progress, pass_fds=inherit), root)
         missing = check_images(root)
         if missing:
             raise DatasetIntegrityError(
@@ -184,8 +193,6 @@ def fetch(
                 "are recorded as failed samples)"
             )
         _write_marker(root, requested, sha, volumes, expected, backend)
-    finally:
-        lock.release()
     _say(progress, f"LRS-VQA complete in {root}")
     return root
 
@@ -195,7 +202,8 @@ def _volumes(
 ) -> tuple[list[Path], str | None, dict[str, tuple[int | None, str | None]] | None]:
     """Return ``(volumes, resolved sha, expected sizes/hashes)``, downloading from the Hub unless ``parts_dir``."""
     if parts_dir is not None:
-        return archive.find_volumes(parts_dir, ARCHIVE_BASE), None, None
+        volumes, expected = archive.find_local_volumes(parts_dir, ARCHIVE_BASE)
+        return volumes, None, expected
     sha, files = _hub.list_remote_files(REPO_ID, revision=revision)
     expected = {f.path: (f.size, f.sha256) for f in files if _is_volume_name(f.path)}
     if not expected:
@@ -208,7 +216,8 @@ def _volumes(
     parts = root / "parts"
     _say(progress, f"downloading {len(expected)} volumes of {REPO_ID}@{sha} into {parts}")
     _hub.snapshot_download(REPO_ID, revision=sha, local_dir=parts, allow_patterns=[f"{ARCHIVE_BASE}.*"])
-    return archive.find_volumes(parts, ARCHIVE_BASE, expected_count=len(expected)), sha, expected
+    listing = f"as listed by {REPO_ID}@{sha}"
+    return archive.find_volumes(parts, ARCHIVE_BASE, expected_count=len(expected), source=listing), sha, expected
 
 
 def _is_volume_name(name: str) -> bool:
@@ -217,6 +226,7 @@ def _is_volume_name(name: str) -> bool:
 
 
 def _remove_stale_partials(root: Path) -> None:
+    """Remove the ``.extract-partial-*`` folders of dead fetches. Call with the fetch lock held."""
     for stale in root.glob(archive.PARTIAL_PREFIX + "*"):
         if stale.is_dir():
             shutil.rmtree(stale)
