@@ -124,7 +124,19 @@ def start_fetch(root: Path, parts: Path, env: dict[str, str], log: Path, extract
     """``lrs-plugin fetch lrs_vqa --parts-dir`` in a subprocess; stdout and stderr go to ``log``."""
     cmd = [sys.executable, "-m", "lrs_plugin.cli", "fetch", "lrs_vqa", "--root", str(root), "--parts-dir", str(parts)]
     with open(log, "wb") as handle:
-        return subprocess.Popen([*cmd, "--extractor", extractor], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [*cmd, "--extractor", extractor],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_sigint_as_in_a_terminal if os.name == "posix" else None,
+        )
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """Give the fetch the default SIGINT action of a terminal job: a test run started in the background (``nohup
+    ... &`` without job control) inherits SIGINT ignored, and Python then never raises ``KeyboardInterrupt``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fetch_in_extraction(tmp_path: Path, parts: Path) -> tuple[subprocess.Popen, int, Path]:
