@@ -25,7 +25,7 @@ import numpy as np
 
 from lrs_plugin.pyramid import LevelGeometry
 
-__all__ = ["box_center_tile", "clipped_box", "recall_stats", "region_recall", "tile_recall", "token_recall"]
+__all__ = ["box_center_tile", "clipped_box", "doc_box", "recall_stats", "region_recall", "tile_recall", "token_recall"]
 
 Box = tuple[float, float, float, float]
 
@@ -99,6 +99,21 @@ def token_recall(box: Sequence[float], image_wh: tuple[int, int], cells: Iterabl
     return min(1.0, area / ((bx2 - bx1) * (by2 - by1)))
 
 
+def doc_box(doc: Mapping[str, Any] | None, image_wh: tuple[int, int]) -> Box | None:
+    """The document's ``hbox`` clipped to the image (:func:`clipped_box`).
+
+    Returns:
+        ``None`` when ``doc`` has no 4-number ``hbox``, a malformed one, or one with nothing inside the image.
+    """
+    box = doc.get("hbox") if isinstance(doc, Mapping) else None
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return None
+    try:
+        return clipped_box(box, image_wh)
+    except ValueError:
+        return None
+
+
 def region_recall(
     box: Sequence[float], image_wh: tuple[int, int], region: Sequence[float] | None = None
 ) -> float | None:
@@ -139,22 +154,15 @@ def recall_stats(
     Returns:
         Both keys; both ``None`` when the doc has no 4-number box, a malformed one, or one outside the image.
     """
-    none: dict[str, float | None] = {"focus_tile_recall": None, "focus_token_recall": None}
-    box = doc.get("hbox") if isinstance(doc, Mapping) else None
-    if not isinstance(box, (list, tuple)) or len(box) != 4:
-        return none
-    try:
-        target = clipped_box(box, image_wh)
-    except ValueError:
-        return none
+    target = doc_box(doc, image_wh)
     if target is None:
-        return none
+        return {"focus_tile_recall": None, "focus_token_recall": None}
     cells = np.asarray(cells, dtype=np.float64).reshape(-1, 4)
     # Only the cells meeting the box matter (NaN comparisons are False): keeps the exact union small.
     meets = (
         (cells[:, 0] < target[2]) & (cells[:, 2] > target[0]) & (cells[:, 1] < target[3]) & (cells[:, 3] > target[1])
     )
     return {
-        "focus_tile_recall": region_recall(box, image_wh, region),
-        "focus_token_recall": token_recall(box, image_wh, cells[meets].tolist()),
+        "focus_tile_recall": region_recall(target, image_wh, region),
+        "focus_token_recall": token_recall(target, image_wh, cells[meets].tolist()),
     }

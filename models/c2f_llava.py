@@ -79,16 +79,11 @@ def _keep_all_recall(reducer: str, doc: Any, image_wh: tuple[int, int]) -> dict[
     reducers through :mod:`lrs_plugin.reducers._cells`; both keys, ``None`` without a box), so this fallback only
     runs for a reducer that reports none.
     """
-    from lrs_plugin.focus_recall import clipped_box
+    from lrs_plugin.focus_recall import doc_box
 
-    box = doc.get("hbox") if isinstance(doc, Mapping) else None
-    if reducer not in KEEP_ALL_REDUCERS or not isinstance(box, (list, tuple)) or len(box) != 4:
+    if reducer not in KEEP_ALL_REDUCERS or doc_box(doc, image_wh) is None:
         return {}
-    try:
-        inside = clipped_box(box, image_wh) is not None
-    except ValueError:
-        return {}
-    return {"focus_tile_recall": 1.0, "focus_token_recall": 1.0} if inside else {}
+    return {"focus_tile_recall": 1.0, "focus_token_recall": 1.0}
 
 
 class C2FLlava(lmms):
