@@ -22,12 +22,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from lrs_plugin.backbone import Backbone
-    from lrs_plugin.c2f import C2FConfig, run_c2f
-    from lrs_plugin.focus import build_focus
-    from lrs_plugin.imagery import open_image
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.backbone.tiny import build_tiny_llava
+    from lrs_plugin.c2f.driver import C2FConfig, run_c2f
+    from lrs_plugin.focus.scorers import build_focus
+    from lrs_plugin.imagery.large_image import open_image
     from lrs_plugin.testbed.scenes import TILE, make_scene, scene_questions
-    from lrs_plugin.tiny import build_tiny_llava
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = build_tiny_llava(f"{tmp}/ckpt", arch="llava_next", lm="qwen2", image_size=TILE, patch_size=8)

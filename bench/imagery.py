@@ -237,7 +237,7 @@ def _floor(path: Path, decoder: str) -> dict:
     else:
         from PIL import Image
 
-        from lrs_plugin.imagery import pillow_pixel_limit
+        from lrs_plugin.imagery.large_image import pillow_pixel_limit
 
         with pillow_pixel_limit(), Image.open(path) as image:
             image.load()
@@ -249,7 +249,7 @@ def _naive_question(path: Path, levels, tiles_l1) -> np.ndarray:
     import torch.nn.functional as F
     from PIL import Image
 
-    from lrs_plugin.imagery import pillow_pixel_limit
+    from lrs_plugin.imagery.large_image import pillow_pixel_limit
 
     with pillow_pixel_limit(), Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB"))
@@ -277,8 +277,8 @@ def _child(spec: dict) -> dict:
         import torch
 
         torch.set_num_threads(spec["threads"])
-    from lrs_plugin.imagery import LargeImage, image_size
-    from lrs_plugin.render import render_thumbnail, render_tiles
+    from lrs_plugin.c2f.render import render_thumbnail, render_tiles
+    from lrs_plugin.imagery.large_image import LargeImage, image_size
 
     if method.startswith("floor:"):
         return _floor(path, method.split(":", 1)[1])

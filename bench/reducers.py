@@ -1,7 +1,7 @@
 """Every registered reducer on generated large images with the tiny backbones: tokens, TFLOPs, latency vs ``none``.
 
 Usage: ``.venv/bin/python bench/reducers.py [--sizes 2000x1500,6000x4000] [--repeats 2]``. TFLOPs are the ``full``
-convention of :func:`lrs_plugin.accounting.sample_tflops` (the tiny models make absolute numbers meaningless; the
+convention of :func:`lrs_plugin.flops.sample_tflops` (the tiny models make absolute numbers meaningless; the
 ratios to ``none`` are the point;
 tiny tiles are 56 px, so budgets are scaled to 16 tokens per tile). Latency is the median wall time of
 ``answer`` over the repeats after one warm-up.
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lrs_plugin.accounting import ModelDims, sample_tflops
-from lrs_plugin.backbone import Backbone
-from lrs_plugin.reducers import available_reducers, build_reducer, reducer_spec
-from lrs_plugin.tiny import build_tiny_llava
+from lrs_plugin.backbone.adapter import Backbone
+from lrs_plugin.backbone.tiny import build_tiny_llava
+from lrs_plugin.flops.accounting import ModelDims, sample_tflops
+from lrs_plugin.reducers.registry import available_reducers, build_reducer, reducer_spec
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "none": {},

@@ -5,7 +5,8 @@ Public entry points:
 * ``lrs-plugin`` command (:func:`lrs_plugin.cli.main`): fetch data, score answer files, run the demo.
 * lmms-eval tasks ``lrs_vqa`` (``lrs_vqa_fair`` / ``_bridge`` / ``_star``) and ``mmerealworld_rs``, in
   :func:`tasks_dir` (pass it to ``lmms-eval --include_path``).
-* Data: :mod:`lrs_plugin.data.lrs_vqa`, :mod:`lrs_plugin.data.mme_realworld_rs`; scoring: :mod:`lrs_plugin.scoring`.
+* Data: :mod:`lrs_plugin.data.lrs_vqa`, :mod:`lrs_plugin.data.mme_realworld_rs`; scoring:
+:mod:`lrs_plugin.scoring.rules`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from lrs_plugin import errors
-from lrs_plugin.harness import tasks_dir
+from lrs_plugin.harness.run import tasks_dir
 
 try:
     __version__ = version("lrs-plugin")

@@ -120,7 +120,7 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train_rfm(sub: argparse._SubParsersAction) -> None:
-    from lrs_plugin.rfm_distill import DistillConfig
+    from lrs_plugin.focus.distill import DistillConfig
 
     d = DistillConfig(llm_layer_list=(1,))
     p = sub.add_parser("train-rfm", help="distill a Region Focus Module from a checkpoint's own attention (§6)")
@@ -170,7 +170,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from lrs_plugin.convert import DTYPES  # light: torch and transformers load only when converting
+    from lrs_plugin.backbone.convert import DTYPES  # light: torch and transformers load only when converting
 
     p = sub.add_parser(
         "convert", help="convert a released original-LLaVA-layout checkpoint to LLaVA-NeXT (docs/convert.md)"
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flops(sub)
     _add_visualize(sub)
     _add_convert(sub)
-    from lrs_plugin.leaderboard import add_cli as _add_leaderboard
+    from lrs_plugin.leaderboard.submit import add_cli as _add_leaderboard
 
     _add_leaderboard(sub)
     return parser
@@ -300,7 +300,7 @@ def _visualize_doc(args: argparse.Namespace) -> dict | None:
 
 
 def _visualize(args: argparse.Namespace) -> int:
-    from lrs_plugin.visualize import visualize
+    from lrs_plugin.c2f.visualize import visualize
 
     summary = visualize(
         args.pretrained,
@@ -317,7 +317,7 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from lrs_plugin.convert import convert_original_llava
+    from lrs_plugin.backbone.convert import convert_original_llava
 
     out = convert_original_llava(
         args.source, args.out, vision_tower=args.vision_tower, dtype=args.dtype, overwrite=args.overwrite
@@ -333,7 +333,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from lrs_plugin.leaderboard import run_cli
+    from lrs_plugin.leaderboard.submit import run_cli
 
     return run_cli(args)
 
@@ -348,7 +348,7 @@ def _int_list(value: str, name: str) -> tuple[int, ...]:
 
 
 def _train_rfm(args: argparse.Namespace) -> int:
-    from lrs_plugin.rfm_distill import DistillConfig, train_rfm
+    from lrs_plugin.focus.distill import DistillConfig, train_rfm
 
     layers = _int_list(args.llm_layer_list, "--llm-layer-list")
     config = DistillConfig(

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lrs_plugin.harness import EvalRun, offline_env, run_lmms_eval
+from lrs_plugin.harness.run import EvalRun, offline_env, run_lmms_eval
 
 __all__ = ["run_demo", "prepare_demo_data", "ensure_checkpoint"]
 
@@ -77,7 +77,7 @@ def prepare_demo_data(out: Path, *, small: bool = False) -> tuple[Path, Path]:
 
 def ensure_checkpoint(folder: Path) -> Path:
     """The tiny random LLaVA-NeXT (Qwen2, 4 text layers) checkpoint, built once into ``folder``."""
-    from lrs_plugin.tiny import build_tiny_llava
+    from lrs_plugin.backbone.tiny import build_tiny_llava
 
     if not (folder / "config.json").exists():
         _say("building a tiny random LLaVA-NeXT (Qwen2) checkpoint with save_pretrained")
@@ -163,7 +163,7 @@ def format_testbed(report: dict[str, Any]) -> str:
 def run_demo(out: Path, *, small: bool = False) -> int:
     """Run the demo into ``out`` and print the tables. Returns the exit status."""
     from lrs_plugin import scoring
-    from lrs_plugin.visualize import visualize
+    from lrs_plugin.c2f.visualize import visualize
 
     out = Path(out).resolve()
     start = time.perf_counter()

@@ -1,15 +1,15 @@
 """``c2f_llava``: LLaVA / LLaVA-NeXT with coarse-to-fine pruning (or any registered reducer) for lmms-eval.
 
-Thin on purpose: ``--model_args`` are parsed once into :class:`lrs_plugin.model_args.ModelSettings`, the backbone is
+Thin on purpose: ``--model_args`` are parsed once into :class:`lrs_plugin.harness.ModelSettings`, the backbone is
 loaded with transformers' ``from_pretrained`` (:class:`lrs_plugin.backbone.Backbone`), and each question goes to the
-selected reducer (:mod:`lrs_plugin.reducers`). The image is whatever the task's ``doc_to_visual`` returns (a lazy or
-eager PIL image, a path, an array, or a list of one), read through one :class:`lrs_plugin.imagery.LargeImage` for every
-reducer, so any lmms-eval image task works; a request without an image is answered text-only. Questions on the same
-image file are answered in a row so each file is decoded once. Per-sample accounting (vision tokens encoded / sent to
-the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through :mod:`lrs_plugin.sample_stats`, and
-its means to lmms-eval's ``results["throughput"]`` for every task (:class:`lrs_plugin.accounting.EfficiencyTally`).
+selected reducer (:mod:`lrs_plugin.reducers.base`). The image is whatever the task's ``doc_to_visual`` returns (a lazy
+or eager PIL image, a path, an array, or a list of one), read through one :class:`lrs_plugin.imagery.LargeImage` for
+every reducer, so any lmms-eval image task works; a request without an image is answered text-only. Questions on the
+same image file are answered in a row so each file is decoded once. Per-sample accounting (vision tokens encoded / sent
+to the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through :mod:`lrs_plugin.harness.record`,
+and its means to lmms-eval's ``results["throughput"]`` for every task (:class:`lrs_plugin.flops.EfficiencyTally`).
 A failure of one sample, at any step, is recorded on that sample and the run goes on. With ``resume_dir=PATH``
-each finished answer is saved at once (:mod:`lrs_plugin.resume`) and a rerun generates only what is missing; a
+each finished answer is saved at once (:mod:`lrs_plugin.harness.resume`) and a rerun generates only what is missing; a
 folder that cannot be written is reported once and the run goes on without saving (``resume_strict=true`` stops it).
 
 Under ``accelerate launch`` each process takes its rank from accelerate; lmms-eval then overrides ``_rank`` /
@@ -30,12 +30,18 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
 
-from lrs_plugin.model_args import parse_model_args
-from lrs_plugin.resume import RESUME_DISABLED_KEY, ResumeStore, ResumeStoreError, answer_key, settings_fingerprint
-from lrs_plugin.sample_stats import STATS_METADATA_KEY, STORE, sample_key
+from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE, sample_key
+from lrs_plugin.harness.resume import (
+    RESUME_DISABLED_KEY,
+    ResumeStore,
+    ResumeStoreError,
+    answer_key,
+    settings_fingerprint,
+)
+from lrs_plugin.harness.settings import parse_model_args
 
 if TYPE_CHECKING:
-    from lrs_plugin.imagery import LargeImage
+    from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["C2FLlava"]
 
@@ -79,7 +85,7 @@ def _keep_all_recall(reducer: str, doc: Any, image_wh: tuple[int, int]) -> dict[
     reducers through :mod:`lrs_plugin.reducers._cells`; both keys, ``None`` without a box), so this fallback only
     runs for a reducer that reports none.
     """
-    from lrs_plugin.focus_recall import doc_box
+    from lrs_plugin.focus.recall import doc_box
 
     if reducer not in KEEP_ALL_REDUCERS or doc_box(doc, image_wh) is None:
         return {}
@@ -90,7 +96,7 @@ class C2FLlava(lmms):
     """lmms-eval model (simple request layout) running a reducer on a LLaVA-family backbone.
 
     Args:
-        **model_args: See :mod:`lrs_plugin.model_args` (``pretrained`` is required).
+        **model_args: See :mod:`lrs_plugin.harness.settings` (``pretrained`` is required).
     """
 
     is_simple = True
@@ -99,10 +105,10 @@ class C2FLlava(lmms):
         super().__init__()
         from accelerate import Accelerator
 
-        from lrs_plugin.accounting import ModelDims
-        from lrs_plugin.backbone import Backbone
-        from lrs_plugin.imagery import ImageCache
-        from lrs_plugin.reducers import build_reducer
+        from lrs_plugin.backbone.adapter import Backbone
+        from lrs_plugin.flops.accounting import ModelDims
+        from lrs_plugin.imagery.large_image import ImageCache
+        from lrs_plugin.reducers.registry import build_reducer
 
         self.settings = parse_model_args(model_args)
         accelerator = Accelerator()
@@ -171,7 +177,7 @@ class C2FLlava(lmms):
             ImageReadError: the image cannot be read (names the file and the reason).
         """
         from lrs_plugin.errors import ImageReadError, MultipleImagesError
-        from lrs_plugin.imagery import file_of, open_image
+        from lrs_plugin.imagery.large_image import file_of, open_image
 
         items = list(visuals) if isinstance(visuals, (list, tuple)) else ([] if visuals is None else [visuals])
         if len(items) > 1:
@@ -194,7 +200,7 @@ class C2FLlava(lmms):
         self, doc: Mapping[str, Any], context: str, gen_kwargs: dict[str, Any], visuals: Any, name: str
     ) -> tuple[str, dict[str, Any]]:
         """Answer one request: ``(raw text before until, stats)``; a failure is recorded in the stats (``error``)."""
-        from lrs_plugin.accounting import sample_tflops
+        from lrs_plugin.flops.accounting import sample_tflops
 
         self._check_greedy(gen_kwargs)
         start = time.perf_counter()
@@ -235,7 +241,7 @@ class C2FLlava(lmms):
 
     def _answer_text_only(self, context: str, max_new_tokens: int) -> Any:
         """Answer a request that holds no image with the language model alone (recorded as ``text_only``)."""
-        from lrs_plugin.reducers import ReducerOutput
+        from lrs_plugin.reducers.base import ReducerOutput
 
         ids = self.backbone.text_prompt_ids(context)
         embeds = self.backbone.embed_ids(ids).unsqueeze(0)
@@ -371,11 +377,11 @@ class C2FLlava(lmms):
 
         Padding requests lmms-eval adds to even out ranks are answered empty (their answers are discarded). A
         summary of the efficiency figures goes to lmms-eval's ``results["throughput"]`` (see
-        :class:`lrs_plugin.accounting.EfficiencyTally`).
+        :class:`lrs_plugin.flops.EfficiencyTally`).
         """
         from tqdm import tqdm
 
-        from lrs_plugin.accounting import EfficiencyTally
+        from lrs_plugin.flops.accounting import EfficiencyTally
 
         columns: dict[tuple[str, str], list[Any] | None] = {}
         order = sorted(range(len(requests)), key=lambda i: (self._image_path_of(requests[i], columns), i))

@@ -3,7 +3,8 @@
 It answers from the document itself with a documented, reproducible policy, so that a test can compute the
 expected metrics by hand:
 
-* the sample's image header is read (through :mod:`lrs_plugin.imagery`, pixels are never decoded); a missing or
+* the sample's image header is read (through :mod:`lrs_plugin.imagery.large_image`, pixels are never decoded); a missing
+or
   unreadable image makes the answer empty and the failure is recorded for the task, which scores it wrong;
 * otherwise, with ``h = int(sha256(question_id))``, the answer is correct when ``h % correct_every == 0`` and wrong
   otherwise. A correct LRS-VQA answer is the ground truth, spelled with WordNet's other spelling for ``gray``/``grey``
@@ -23,8 +24,8 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
 from lrs_plugin.errors import ConfigError, ImageReadError
-from lrs_plugin.imagery import image_size
-from lrs_plugin.sample_stats import STORE, sample_key
+from lrs_plugin.harness.record import STORE, sample_key
+from lrs_plugin.imagery.large_image import image_size
 
 __all__ = ["LrsDummy", "dummy_answer"]
 

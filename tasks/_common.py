@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lrs_plugin.accounting import EFFICIENCY_KEYS  # each becomes a metric eff_<key> (None when not recorded)
+from lrs_plugin.flops.accounting import EFFICIENCY_KEYS
 
 __all__ = ["EFFICIENCY_KEYS", "efficiency_metrics", "first_response", "log_failures", "mean_skip_none"]
 

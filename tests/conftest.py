@@ -42,8 +42,8 @@ def mme_rs_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory):
     """Tiny random LLaVA-1.5 (Llama) and LLaVA-NeXT (Qwen2) backbones, float32, built once per test session."""
-    from lrs_plugin.backbone import Backbone
-    from lrs_plugin.tiny import build_tiny_llava
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.backbone.tiny import build_tiny_llava
 
     root = tmp_path_factory.mktemp("tiny_backbones")
     variants = [("llava", "llama"), ("llava_next", "qwen2")]

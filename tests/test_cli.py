@@ -94,7 +94,7 @@ def test_flops_paper_table_json():
 
 
 def test_demo_small_end_to_end(tmp_path):
-    from lrs_plugin.harness import offline_env
+    from lrs_plugin.harness.run import offline_env
 
     env = offline_env({"LRS_PLUGIN_HOME": str(tmp_path / "home")})
     proc = _cli("demo", "--small", "--out", str(tmp_path / "demo"), env=env)

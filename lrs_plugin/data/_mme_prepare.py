@@ -189,7 +189,7 @@ def _verify_image(data: bytes) -> str | None:
     """Check an encoded image with Pillow (inside our scoped pixel limit); return an error string or ``None``."""
     from PIL import Image
 
-    from lrs_plugin.imagery import pillow_pixel_limit
+    from lrs_plugin.imagery.large_image import pillow_pixel_limit
 
     try:
         with pillow_pixel_limit(), Image.open(io.BytesIO(data)) as image:

@@ -1,6 +1,6 @@
 """Focus recall of the stock-layout reducers: their tokens' source-pixel cells, read off a backbone's geometry.
 
-Thin wrappers over :mod:`lrs_plugin._token_cells` (the geometry) and :func:`lrs_plugin.focus_recall.recall_stats`
+Thin wrappers over :mod:`lrs_plugin.backbone.token_cells` (the geometry) and :func:`lrs_plugin.focus.recall_stats`
 (the figures). ``random``, ``visionzip``, ``prumerge``, ``fastv`` and ``pdrop`` encode every tile of the stock
 preprocessing (the anyres grid, under any ``max_tiles`` cap, covers the whole image), so their tile recall is 1.0
 for a box inside the image; LLaVA-1.5's single tile shows only the part its processor keeps (a centre crop for
@@ -18,13 +18,13 @@ import numpy as np
 from lrs_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.backbone.adapter import Backbone
 
 __all__ = ["encoded_region", "focus_recall", "stock_cells", "tile_cells", "tile_fit"]
 
 
 def tile_fit(backbone: Backbone) -> str:
-    """How the backbone's whole-image tile shows the image (:data:`lrs_plugin._token_cells.TILE_FITS`).
+    """How the backbone's whole-image tile shows the image (:data:`lrs_plugin.backbone.token_cells.TILE_FITS`).
 
     LLaVA-NeXT's base image is always squashed; LLaVA-1.5's tile follows its image processor (``do_pad``: padded
     to a square; ``do_center_crop``: CLIP's centre crop; neither: squashed).
@@ -42,7 +42,7 @@ def _grid(
 ) -> tuple[int, int] | None:
     if backbone.arch != "llava_next":
         return None
-    from lrs_plugin._anyres import grid_shape
+    from lrs_plugin.backbone.anyres import grid_shape
 
     pinpoints = backbone.config.image_grid_pinpoints if grid_pinpoints is None else grid_pinpoints
     return grid_shape((int(image_wh[1]), int(image_wh[0])), pinpoints, backbone.tile_size)
@@ -58,8 +58,8 @@ def stock_cells(
         image_wh: ``(W, H)`` of the source image.
         grid_pinpoints: The anyres pinpoints used instead of the checkpoint's, as given to ``plain_vision_embeds``.
     """
-    from lrs_plugin._anyres import pooled_side
-    from lrs_plugin._token_cells import stock_token_cells
+    from lrs_plugin.backbone.anyres import pooled_side
+    from lrs_plugin.backbone.token_cells import stock_token_cells
 
     g = backbone.patches_per_side
     pool = backbone.anyres_tile_pool
@@ -79,7 +79,7 @@ def tile_cells(
     backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: Sequence[Sequence[int]] | None = None
 ) -> np.ndarray:
     """Cells ``[n_tiles, g*g, 4]`` of every CLIP patch of the tiles :meth:`Backbone.image_crops` cuts (same order)."""
-    from lrs_plugin._token_cells import tile_patch_cells
+    from lrs_plugin.backbone.token_cells import tile_patch_cells
 
     return tile_patch_cells(
         image_wh,
@@ -94,7 +94,7 @@ def encoded_region(backbone: Backbone, image_wh: tuple[int, int]) -> tuple[float
     """Source pixels the finest encoded tiles show: ``None`` (the whole image) for an anyres grid, else the tile's."""
     if backbone.arch == "llava_next":
         return None
-    from lrs_plugin._token_cells import tile_extent
+    from lrs_plugin.backbone.token_cells import tile_extent
 
     x1, y1, x2, y2 = tile_extent(image_wh, backbone.tile_size, tile_fit(backbone))
     w, h = image_wh
@@ -124,7 +124,7 @@ def focus_recall(
         ConfigError: ``cells`` does not hold one row per vision token (the processor's anyres pinpoints differ from
             the model's, or a layout this module does not know).
     """
-    from lrs_plugin.focus_recall import recall_stats
+    from lrs_plugin.focus.recall import recall_stats
 
     if cells.shape[0] != int(num_tokens):
         raise ConfigError(

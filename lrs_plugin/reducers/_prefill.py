@@ -3,7 +3,7 @@
 :func:`pruned_prefill` runs the text model's own decoder layers one by one over ``inputs_embeds`` (transformers'
 classes, never patched). Before chosen layers it ranks the image tokens still in the sequence by the attention of the
 **last prompt token**, computed from one layer's own ``q_proj`` / ``k_proj`` and RoPE for that single query row
-(:func:`lrs_plugin._focus_attention.query_row_scores`, softmax over *all* keys of the row, mean over heads, then the
+(:func:`lrs_plugin.focus.attention.query_row_scores`, softmax over *all* keys of the row, mean over heads, then the
 image columns), keeps the top ones and drops the rest from every later layer. Each layer writes the keys and values
 of the tokens it saw into a :class:`~transformers.DynamicCache`, so the cache of later layers is shorter.
 :func:`greedy_decode` then decodes one token at a time with that cache ("static" pruning: the dropped set is fixed
@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ImageInput, ReducerOutput, borrow_image
+from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     import torch
 
-    from lrs_plugin.backbone import Backbone, GenerationOutput
+    from lrs_plugin.backbone.adapter import Backbone, GenerationOutput
     from lrs_plugin.reducers._tiles import TileLimit
 
 __all__ = [
@@ -167,7 +167,7 @@ def image_scores(
     Returns:
         ``[stop - start]`` float32 scores.
     """
-    from lrs_plugin._focus_attention import query_row_scores
+    from lrs_plugin.focus.attention import query_row_scores
 
     n = int(hidden.shape[1])
     row = query_row_scores(
@@ -225,7 +225,7 @@ def pruned_prefill(
     import torch
     from transformers import DynamicCache
 
-    from lrs_plugin._focus_attention import check_full_attention
+    from lrs_plugin.focus.attention import check_full_attention
 
     if positions not in POSITION_MODES:
         raise ConfigError(f"positions={positions!r} is not supported; valid: {', '.join(POSITION_MODES)}")
@@ -365,7 +365,7 @@ def generate_pruned(
     Returns:
         ``(answer, prefill)``; the prefill's cache holds the decoded tokens too.
     """
-    from lrs_plugin.backbone import GenerationOutput
+    from lrs_plugin.backbone.adapter import GenerationOutput
 
     eos = list(eos_token_ids) if eos_token_ids else backbone._default_eos_ids()
     stops = [s for s in stop_strings or () if s]
@@ -408,8 +408,8 @@ class InLLMReducer:
     positions: str = "original"
 
     def __init__(self, backbone: Backbone, tiles: TileLimit | None = None) -> None:
+        from lrs_plugin.reducers._stock import PlainVision
         from lrs_plugin.reducers._tiles import TileLimit
-        from lrs_plugin.reducers.none import PlainVision
 
         self.backbone = backbone
         self.tiles = tiles if tiles is not None else TileLimit(reducer=self.name)

@@ -3,7 +3,7 @@
 The C2F paper compares reducers *on top of* an anyres limit ("anyres-p144 w/ FastV", "anyres-p25 w/ VisionZip"),
 so ``random``, ``downsample``, ``fastv``, ``pdrop``, ``visionzip``, ``prumerge`` and ``anyres`` itself take the same
 two options: ``max_tiles=N`` (grid tiles allowed, base image not counted; LLaVA-NeXT only) and
-``pinpoints=square|checkpoint`` (see :func:`lrs_plugin._anyres.anyres_pinpoints`).
+``pinpoints=square|checkpoint`` (see :func:`lrs_plugin.backbone.anyres.anyres_pinpoints`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrs_plugin._anyres import PINPOINT_MODES, anyres_pinpoints
+from lrs_plugin.backbone.anyres import PINPOINT_MODES, anyres_pinpoints
 from lrs_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.backbone.adapter import Backbone
 
 __all__ = ["TILE_OPTIONS", "TileLimit", "option_int", "take_options"]
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import register_reducer
+from lrs_plugin.reducers._stock import PlainVision, PreLLMReducer
 from lrs_plugin.reducers._tiles import TileLimit, take_options
-from lrs_plugin.reducers.none import PlainVision, PreLLMReducer
+from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.backbone.adapter import Backbone
 
 __all__ = ["AnyresConfig", "AnyresReducer"]
 

@@ -7,17 +7,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import ImageInput, ReducerOutput, borrow_image, register_reducer
+from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
+from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.backbone.adapter import Backbone
 
 __all__ = ["C2FReducer", "resolve_focus_name"]
 
 
 def _checkpoint_has_rfm(backbone: Backbone) -> bool:
     """Whether the checkpoint folder holds Region Focus Module tensors in the released key layout."""
-    from lrs_plugin._rfm import has_original_rfm_weights
+    from lrs_plugin.focus.rfm import has_original_rfm_weights
 
     source = getattr(backbone.model.config, "_name_or_path", "") or ""
     return bool(source) and has_original_rfm_weights(source)
@@ -58,8 +59,8 @@ class C2FReducer:
         focus_options: Mapping[str, Any] | None = None,
         **config: Any,
     ) -> None:
-        from lrs_plugin.c2f import C2FConfig
-        from lrs_plugin.focus import build_focus
+        from lrs_plugin.c2f.driver import C2FConfig
+        from lrs_plugin.focus.scorers import build_focus
 
         fields = {f.name for f in dataclasses.fields(C2FConfig)}
         unknown = sorted(set(config) - fields)
@@ -82,7 +83,7 @@ class C2FReducer:
         stop_strings: list[str] | None = None,
     ) -> ReducerOutput:
         """Answer one question with coarse-to-fine pruning."""
-        from lrs_plugin.c2f import run_c2f
+        from lrs_plugin.c2f.driver import run_c2f
 
         with borrow_image(image) as source:
             result = run_c2f(

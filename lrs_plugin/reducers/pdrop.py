@@ -29,12 +29,12 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import register_reducer
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
 from lrs_plugin.reducers._tiles import take_options
+from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.backbone.adapter import Backbone
 
 __all__ = [
     "PDropConfig",

@@ -55,13 +55,13 @@ import torch
 import torch.nn.functional as F
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import register_reducer
+from lrs_plugin.reducers._stock import LastImage, PreLLMReducer
 from lrs_plugin.reducers._tiles import take_options
-from lrs_plugin.reducers.none import LastImage, PreLLMReducer
+from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
-    from lrs_plugin.imagery import LargeImage
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = [
     "NEIGHBOURS",
@@ -256,7 +256,7 @@ class PruMergeReducer(PreLLMReducer):
     stage = "pre_llm"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        from lrs_plugin._vision_probe import encoder_layers, next_layer_index
+        from lrs_plugin.backbone.vision_probe import encoder_layers, next_layer_index
 
         tiles, options = take_options(options, "prumerge", ("variant", "adaptive", "reduction_ratio"))
         self.config = PruMergeConfig.from_options(options)
@@ -282,7 +282,7 @@ class PruMergeReducer(PreLLMReducer):
         A tile's tokens are its kept patches (:func:`prumerge_select`), whose cells they carry, then the
         pruned-summary token (a NaN cell).
         """
-        from lrs_plugin._vision_probe import probe_next_layer
+        from lrs_plugin.backbone.vision_probe import probe_next_layer
         from lrs_plugin.reducers._cells import tile_cells
 
         bb = self.backbone

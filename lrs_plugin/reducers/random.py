@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import register_reducer
+from lrs_plugin.reducers._stock import PlainVision, PreLLMReducer
 from lrs_plugin.reducers._tiles import option_int, take_options
-from lrs_plugin.reducers.none import PlainVision, PreLLMReducer
+from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
-    from lrs_plugin.imagery import LargeImage
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["NEWLINE_MODES", "RandomConfig", "RandomReducer", "random_keep"]
 

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.reducers import register_reducer
+from lrs_plugin.reducers._stock import LastImage, PreLLMReducer
 from lrs_plugin.reducers._tiles import option_int, take_options
-from lrs_plugin.reducers.none import LastImage, PreLLMReducer
+from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
-    from lrs_plugin.backbone import Backbone
-    from lrs_plugin.imagery import LargeImage
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["VisionZipConfig", "VisionZipReducer", "visionzip_cells", "visionzip_select", "visionzip_next_layout"]
 
@@ -150,7 +150,7 @@ def visionzip_cells(
 
     Args:
         tile_cells: ``[n, g*g, 4]`` cells of every patch of every tile
-            (:func:`lrs_plugin._token_cells.tile_patch_cells`).
+            (:func:`lrs_plugin.backbone.token_cells.tile_patch_cells`).
         patches: ``[n, D-1]`` dominant patch positions per tile (from :func:`visionzip_select`).
         tokens_per_tile: ``K``, tokens per tile (``D`` dominant, [CLS] included, then the contextual ones).
         grid: ``(rows, cols)`` of the LLaVA-NeXT grid (laid out by :func:`visionzip_next_layout`); ``None`` for one
@@ -178,7 +178,7 @@ class VisionZipReducer(PreLLMReducer):
     stage = "pre_llm"
 
     def __init__(self, backbone: Backbone, **options: Any) -> None:
-        from lrs_plugin._vision_probe import encoder_layers, feature_layer_index
+        from lrs_plugin.backbone.vision_probe import encoder_layers, feature_layer_index
 
         tiles, options = take_options(options, "visionzip", ("dominant", "contextual"))
         self.config = VisionZipConfig(
@@ -199,7 +199,7 @@ class VisionZipReducer(PreLLMReducer):
 
     def _encode(self, image: Any) -> tuple[torch.Tensor, int, torch.Tensor]:
         """:meth:`vision_tokens` and the tokens' source-pixel cells ``[N, 4]`` (:func:`visionzip_cells`)."""
-        from lrs_plugin._vision_probe import probe_feature_layer
+        from lrs_plugin.backbone.vision_probe import probe_feature_layer
         from lrs_plugin.reducers._cells import tile_cells
 
         bb = self.backbone

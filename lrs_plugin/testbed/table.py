@@ -5,7 +5,7 @@ One command from nothing to the accuracy-vs-efficiency table of the testbed (doc
 1. the evaluation split of ``lrs_synth`` (:func:`~lrs_plugin.testbed.scenes.write_lrs_synth`, ``eval`` stream) and
    a few ``train``-split scenes for the RFM's recorded passes;
 2. the testbed model (:func:`~lrs_plugin.testbed.train.train_testbed`) and its RFM
-   (:func:`~lrs_plugin.rfm_distill.train_rfm`, written into the checkpoint with its ``llm_layer_list``);
+   (:func:`~lrs_plugin.focus.train_rfm`, written into the checkpoint with its ``llm_layer_list``);
 3. every row of :func:`row_specs` through the real ``lmms-eval`` command (``--model c2f_llava --tasks lrs_synth``),
    one process per row, with the one checkpoint;
 4. the table, ``testbed.json``, ``accuracy_vs_tflops.png`` (a point per row, the Pareto front joined) and
@@ -271,7 +271,7 @@ def _model(folder: Path, cfg: Any, log: Callable[[str], None] | None) -> dict[st
 
 
 def _rfm(ckpt: Path, data: Path, steps: int, seed: int, log: Callable[[str], None] | None) -> dict[str, Any]:
-    from lrs_plugin.rfm_distill import DistillConfig, train_rfm
+    from lrs_plugin.focus.distill import DistillConfig, train_rfm
 
     cfg = DistillConfig(llm_layer_list=RFM_LAYERS, steps=steps, skip_stack=(), seed=seed)
     log_path = ckpt / "rfm_train_log.json"
@@ -332,7 +332,7 @@ def parse_row(spec: RowSpec, results: Mapping[str, Any]) -> dict[str, Any]:
 def _run_row(
     spec: RowSpec, ckpt: Path, data: Path, folder: Path, cfg: TestbedConfig, log: Callable[[str], None] | None
 ) -> dict[str, Any]:
-    from lrs_plugin.harness import offline_env, run_lmms_eval
+    from lrs_plugin.harness.run import offline_env, run_lmms_eval
 
     settings = {
         "model_args": spec.model_args(ckpt),
@@ -470,11 +470,11 @@ def draw_tradeoff(rows: Sequence[Mapping[str, Any]], out: str | Path, *, size: t
 def _focus_picture(ckpt: Path, data: Path, out: Path) -> Path | None:
     """Draw C2F with the RFM on the first ``object shape`` question of the evaluation split.
 
-    Uses :func:`lrs_plugin.visualize.visualize` (the image under the heat map, the target box, Q / A / GT).
+    Uses :func:`lrs_plugin.c2f.visualize` (the image under the heat map, the target box, Q / A / GT).
     """
+    from lrs_plugin.c2f.visualize import visualize
     from lrs_plugin.data import lrs_vqa
-    from lrs_plugin.rfm_distill import _subsets_of
-    from lrs_plugin.visualize import visualize
+    from lrs_plugin.focus.distill import _subsets_of
 
     docs = [d for d in lrs_vqa.build_docs(data, subsets=_subsets_of(data)) if d["category"] == "object shape"]
     if not docs:

@@ -53,7 +53,7 @@ from lrs_plugin.testbed import scenes as sc
 if TYPE_CHECKING:
     import torch
 
-    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.backbone.adapter import Backbone
 
 __all__ = [
     "FORMAT_MIX",
@@ -92,7 +92,7 @@ MODEL_SPEC: dict[str, Any] = {
         "vision_heads": 4,
     },
 }
-"""Arguments of :func:`lrs_plugin.tiny.build_tiny_llava` for the testbed model (about 1.6 M parameters)."""
+"""Arguments of :func:`lrs_plugin.backbone.build_tiny_llava` for the testbed model (about 1.6 M parameters)."""
 
 
 def _testbed_texts() -> tuple[str, ...]:
@@ -108,8 +108,8 @@ def _testbed_texts() -> tuple[str, ...]:
 
 
 def testbed_corpus() -> tuple[str, ...]:
-    """Tokenizer training text: :data:`lrs_plugin.tiny.CORPUS` plus the testbed's questions and answers."""
-    from lrs_plugin.tiny import CORPUS
+    """Tokenizer training text: :data:`lrs_plugin.backbone.CORPUS` plus the testbed's questions and answers."""
+    from lrs_plugin.backbone.tiny import CORPUS
 
     return CORPUS + _testbed_texts()
 
@@ -169,7 +169,7 @@ class TrainConfig:
 
 def build_testbed_model(out_dir: str | Path, *, seed: int = 0) -> Path:
     """Write the untrained testbed checkpoint (random weights, std 0.02) to ``out_dir``."""
-    from lrs_plugin.tiny import build_tiny_llava
+    from lrs_plugin.backbone.tiny import build_tiny_llava
 
     return build_tiny_llava(out_dir, seed=seed, corpus=testbed_corpus(), silence=False, **MODEL_SPEC)
 
@@ -320,9 +320,9 @@ class _ExampleMaker:
     """Draws training examples of every format from a list of scenes."""
 
     def __init__(self, backbone: Backbone, scenes: Sequence[sc.Scene], rng: np.random.Generator) -> None:
-        from lrs_plugin.c2f import _separator_id
-        from lrs_plugin.imagery import LargeImage
-        from lrs_plugin.pyramid import build_pyramid
+        from lrs_plugin.c2f.driver import _separator_id
+        from lrs_plugin.c2f.pyramid import build_pyramid
+        from lrs_plugin.imagery.large_image import LargeImage
 
         self.bb, self.scenes, self.rng = backbone, list(scenes), rng
         self.images = [LargeImage.from_array(s.pixels) for s in self.scenes]
@@ -337,7 +337,7 @@ class _ExampleMaker:
 
     # -- helpers
     def _thumb(self, i: int) -> np.ndarray:
-        from lrs_plugin.render import render_thumbnail
+        from lrs_plugin.c2f.render import render_thumbnail
 
         if i not in self._thumbs:
             bb = self.bb
@@ -362,7 +362,7 @@ class _ExampleMaker:
         fmt: str,
         cells: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> _Example:
-        from lrs_plugin._anyres import pack_anyres
+        from lrs_plugin.backbone.anyres import pack_anyres
 
         bb = self.bb
         pixels, grid = bb.image_crops(pil, pinpoints)
@@ -410,8 +410,8 @@ class _ExampleMaker:
     def _pyramid(self, i: int, level_index: int, tiles: list[tuple[int, int]], keep_box, q, fmt: str, focus_box=None):
         import torch
 
-        from lrs_plugin._c2f_grid import build_level_grid, grid_newline_indices, grid_token_boxes
-        from lrs_plugin.render import render_tiles
+        from lrs_plugin.c2f.grid import build_level_grid, grid_newline_indices, grid_token_boxes
+        from lrs_plugin.c2f.render import render_tiles
 
         bb, pyr = self.bb, self.pyramids[i]
         level = pyr.levels[level_index]
@@ -471,7 +471,7 @@ class _ExampleMaker:
         return _Example(stack, layout, text, answer, fmt, cat, cells, pooled)
 
     def _pyramid_base(self, i: int) -> _Example:
-        from lrs_plugin.pyramid import tiles as all_tiles
+        from lrs_plugin.c2f.pyramid import tiles as all_tiles
 
         scene = self.scenes[i]
         target = scene.targets()[int(self.rng.integers(3))]
@@ -480,7 +480,7 @@ class _ExampleMaker:
         return self._pyramid(i, 0, all_tiles(self.pyramids[i].levels[0]), None, q, "pyramid_base", focus)
 
     def _pyramid_full(self, i: int) -> _Example:
-        from lrs_plugin.pyramid import tiles as all_tiles
+        from lrs_plugin.c2f.pyramid import tiles as all_tiles
 
         small = [j for j, p in enumerate(self.pyramids) if p.levels[-1].num_tiles <= 200]
         if not small:
@@ -579,7 +579,7 @@ def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Te
     """
     import torch
 
-    from lrs_plugin._focus_attention import query_logits
+    from lrs_plugin.focus.attention import query_logits
 
     lm = bb.language_model
     keys, target, query = focus
@@ -654,7 +654,7 @@ def train_testbed(
     """
     import torch
 
-    from lrs_plugin.backbone import Backbone
+    from lrs_plugin.backbone.adapter import Backbone
 
     cfg = config or TrainConfig()
     out = Path(out_dir)

@@ -47,7 +47,7 @@ def process_docs(dataset: Any):
     from datasets import Dataset
 
     if SYNONYMS == "wordnet":
-        from lrs_plugin.wordnet import load_wordnet
+        from lrs_plugin.scoring.wordnet import load_wordnet
 
         load_wordnet()
     docs = [{"benchmark": BENCHMARK, **doc} for doc in lrs_data.build_docs(resolve_root(), None, subsets=SUBSETS)]

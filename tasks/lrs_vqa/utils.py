@@ -2,7 +2,7 @@
 
 Referenced from the YAML files by full dotted path (``lrs_plugin.tasks.lrs_vqa.utils.x``) so that lmms-eval imports
 this module once, as a normal package module, instead of loading a fresh copy of the file per function.
-The scoring rules live in :mod:`lrs_plugin.scoring`; ``lrs-plugin score`` uses the same functions.
+The scoring rules live in :mod:`lrs_plugin.scoring.rules`; ``lrs-plugin score`` uses the same functions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from lrs_plugin import scoring
 from lrs_plugin.data import lrs_vqa as lrs_data
-from lrs_plugin.sample_stats import STORE, sample_key
+from lrs_plugin.harness.record import STORE, sample_key
 from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures, mean_skip_none
 
 __all__ = [
@@ -67,7 +67,7 @@ def _subset_docs(subset: str):
     from datasets import Dataset
 
     if SYNONYMS == "wordnet":
-        from lrs_plugin.wordnet import load_wordnet
+        from lrs_plugin.scoring.wordnet import load_wordnet
 
         load_wordnet()  # raises WordNetUnavailableError with the fix before generation, not after hours of it
     root = lrs_data.resolve_root()
@@ -99,7 +99,7 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list:
     is recorded on the sample; other models answer without the image. The run goes on either way.
     """
     from lrs_plugin.errors import ImageReadError
-    from lrs_plugin.imagery import open_lazy
+    from lrs_plugin.imagery.large_image import open_lazy
 
     try:
         return [open_lazy(doc["image_path"])]

@@ -1,7 +1,7 @@
 """lmms-eval glue of the MME-RealWorld Remote Sensing tasks (``mmerealworld_rs``, ``mmerealworld_rs_strict``).
 
 Referenced from the YAML files by full dotted path, so lmms-eval imports this module once as a package module.
-The scoring rules live in :mod:`lrs_plugin.scoring`; ``lrs-plugin score mmerealworld_rs`` uses the same functions.
+The scoring rules live in :mod:`lrs_plugin.scoring.rules`; ``lrs-plugin score mmerealworld_rs`` uses the same functions.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from lrs_plugin import scoring
 from lrs_plugin.data import mme_realworld_rs as mme_data
-from lrs_plugin.sample_stats import STORE, sample_key
+from lrs_plugin.harness.record import STORE, sample_key
 from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures, mean_skip_none
 
 __all__ = [
@@ -59,7 +59,7 @@ def process_docs(dataset: Any):
 def doc_to_visual(doc: Mapping[str, Any]) -> list:
     """The document's image, lazily decoded; an empty list (logged) when it is missing or broken."""
     from lrs_plugin.errors import ImageReadError
-    from lrs_plugin.imagery import open_lazy
+    from lrs_plugin.imagery.large_image import open_lazy
 
     if not doc.get("image_path"):
         return []

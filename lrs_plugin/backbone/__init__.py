@@ -1,0 +1,36 @@
+"""The adapter over transformers' own LLaVA / LLaVA-NeXT classes, and everything about their inputs.
+
+Loading and generating (:mod:`.adapter`), anyres geometry (:mod:`.anyres`), prompt tokenization and chat templates
+(:mod:`.prompt`, :mod:`.chat_templates`), the vision-tower probe (:mod:`.vision_probe`), token cells
+(:mod:`.token_cells`), tiny test checkpoints (:mod:`.tiny`) and the original-layout converter (:mod:`.convert`).
+"""
+
+from lrs_plugin._lazy import lazy_exports
+
+_EXPORTS = {
+    "ATTN_IMPLEMENTATIONS": "adapter",
+    "DTYPES": "adapter",
+    "IMAGE_TOKEN": "adapter",
+    "SUPPORTED_ARCHS": "adapter",
+    "SUPPORTED_TEXT_MODELS": "adapter",
+    "VICUNA_CHAT_TEMPLATE": "adapter",
+    "VISION_DTYPES": "adapter",
+    "Backbone": "adapter",
+    "GenerationOutput": "adapter",
+    "ARCHS": "tiny",
+    "CORPUS": "tiny",
+    "LMS": "tiny",
+    "TINY_REDUCER_OPTIONS": "tiny",
+    "VARIANTS": "tiny",
+    "build_tiny_llava": "tiny",
+    "chat_template_for": "tiny",
+    "FAMILIES": "convert",
+    "QWEN2_CHAT_TEMPLATE": "convert",
+    "RFM_FILE": "convert",
+    "VICUNA_V1_CHAT_TEMPLATE": "convert",
+    "CheckpointLayoutError": "convert",
+    "OutputExistsError": "convert",
+    "convert_original_llava": "convert",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

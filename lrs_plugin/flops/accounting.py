@@ -1,0 +1,190 @@
+"""Per-sample efficiency accounting recorded by the models: analytic TFLOPs in the ``full`` convention.
+
+Every term comes from :mod:`lrs_plugin.flops.terms` (formulas in its docstrings) and the token counts a reducer reports
+in its :class:`~lrs_plugin.reducers.ReducerOutput` stats, so all methods are counted the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lrs_plugin import flops
+
+__all__ = ["EFFICIENCY_KEYS", "EfficiencyTally", "ModelDims", "sample_tflops"]
+
+#: Per-sample efficiency figures every model of this plugin records; this plugin's tasks report each as a metric
+#: ``eff_<key>`` (the mean over the samples that have it), and :class:`EfficiencyTally` reports the same means for
+#: any task in lmms-eval's ``results["throughput"]``.
+EFFICIENCY_KEYS = (
+    "vision_tokens_encoded",
+    "vision_tokens_to_llm",
+    "tflops",
+    "latency_s",
+    "focus_tile_recall",  # lrs_plugin.focus.recall: docs with a target box, reducers that report it
+    "focus_token_recall",
+)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Dimensions of one backbone, read from its config.
+
+    Attributes:
+        lm: Language model dimensions.
+        vision: Vision tower dimensions.
+        vision_layers_used: Vision encoder layers actually run (up to the feature layer).
+        projector_in: Projector input width (vision hidden size times the number of feature layers).
+    """
+
+    lm: flops.LMDims
+    vision: flops.VisionDims
+    vision_layers_used: int
+    projector_in: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelDims:
+        """Build from a LLaVA / LLaVA-NeXT transformers config."""
+        lm = flops.LMDims.from_config(config.text_config)
+        vision = flops.VisionDims.from_config(config.vision_config)
+        layer = config.vision_feature_layer
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        used = max(flops.vision_layers_used(li, vision.num_layers) for li in layers)
+        return cls(lm=lm, vision=vision, vision_layers_used=used, projector_in=vision.hidden * len(layers))
+
+
+def sample_tflops(stats: Mapping[str, Any], dims: ModelDims) -> dict[str, float]:
+    """TFLOPs of one answered question, by stage, and their ``total``.
+
+    Args:
+        stats: A reducer's stats: ``tiles_encoded``, ``vision_tokens_encoded``, ``llm_input_len`` (or
+            ``llm_tokens_per_layer`` for in-LLM reducers), ``new_tokens`` and ``focus_passes`` (each
+            ``{"seq_len", "decoder_layers"}``; a scorer with 0 decoder layers costs nothing here); optional
+            ``projector_tokens`` when a reducer projects fewer tokens than it encoded (VisionZip).
+        dims: The backbone's dimensions.
+
+    Returns:
+        ``{"vision_tower", "projector", "focus", "llm_prefill", "llm_decode", "total"}`` in TFLOPs (1e12 FLOPs).
+    """
+    lm = dims.lm
+    per_layer = stats.get("llm_tokens_per_layer") or flops.uniform_tokens_per_layer(
+        int(stats["llm_input_len"]), lm.num_layers
+    )
+    terms = {
+        "vision_tower": flops.vision_tower_flops(int(stats["tiles_encoded"]), dims.vision, dims.vision_layers_used),
+        "projector": flops.projector_flops(
+            int(stats.get("projector_tokens", stats["vision_tokens_encoded"])), dims.projector_in, lm.hidden
+        ),
+        "focus": sum(
+            flops.focus_flops(int(p["seq_len"]), lm, int(p["decoder_layers"]) + 1)
+            for p in stats.get("focus_passes", ())
+            if int(p.get("decoder_layers", 0)) > 0
+        ),
+        "llm_prefill": flops.llm_prefill_flops(per_layer, lm),
+        "llm_decode": flops.llm_decode_flops(list(per_layer), max(int(stats.get("new_tokens", 1)) - 1, 0), lm),
+    }
+    out = {k: v / 1e12 for k, v in terms.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+class EfficiencyTally:
+    """Efficiency figures of every request a model answered, summed per task, for tasks that report none.
+
+    This plugin's own tasks turn the per-sample stats into ``eff_*`` metrics. A task from anywhere else (lmms-eval's
+    built-in ``hrbench4k``, ``vstar_bench``...) only scores the answer text, so the model also reports, through
+    lmms-eval's documented per-model channel (``log_metrics``, summarised into ``results["throughput"]`` with an
+    ``avg_`` prefix), for all tasks together and for each task ``T``:
+
+    * ``eff_<key>`` and ``eff_<key>/T`` for each of :data:`EFFICIENCY_KEYS`: the mean over the samples that
+      recorded it (the same rule as the ``eff_*`` task metrics, so both agree on this plugin's tasks);
+    * ``eff_samples``, ``eff_failed`` (samples with a recorded error) and ``eff_text_only`` (requests without an
+      image), and the same per task;
+    * ``eff_resume_disabled`` (and per task), only when some answers were generated while the resume store could not
+      be written (stats key ``resume_disabled``, :mod:`lrs_plugin.harness.resume`): that many would be generated again
+      by a rerun.
+
+    Under several processes the sums of every rank are gathered first (every rank calls :meth:`report`, as every
+    rank runs ``generate_until``), so the figures cover the whole run.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, dict[str, float]] = {}
+
+    def add(self, task: str, stats: Mapping[str, Any]) -> None:
+        """Count one answered request of ``task`` from the stats its reducer recorded."""
+        row = self._tasks.setdefault(str(task), {})
+        row["samples"] = row.get("samples", 0) + 1
+        row["failed"] = row.get("failed", 0) + ("error" in stats)
+        row["text_only"] = row.get("text_only", 0) + bool(stats.get("text_only"))
+        row["resume_disabled"] = row.get("resume_disabled", 0) + bool(stats.get("resume_disabled"))
+        row["new_tokens"] = row.get("new_tokens", 0) + int(stats.get("new_tokens") or 0)
+        for key in EFFICIENCY_KEYS:
+            value = stats.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[f"sum:{key}"] = row.get(f"sum:{key}", 0.0) + float(value)
+                row[f"n:{key}"] = row.get(f"n:{key}", 0) + 1
+
+    @property
+    def sums(self) -> dict[str, dict[str, float]]:
+        """Per-task sums and counts (what :meth:`merge` adds up across ranks)."""
+        return {task: dict(row) for task, row in self._tasks.items()}
+
+    def merge(self, sums: Mapping[str, Mapping[str, float]]) -> None:
+        """Add another tally's :attr:`sums` (another rank's) to this one."""
+        for task, other in sums.items():
+            row = self._tasks.setdefault(task, {})
+            for key, value in other.items():
+                row[key] = row.get(key, 0) + value
+
+    def metrics(self) -> dict[str, float]:
+        """The flat figures described in the class docstring (empty when nothing was counted)."""
+        if not self._tasks:
+            return {}
+        total: dict[str, float] = {}
+        for row in self._tasks.values():
+            for key, value in row.items():
+                total[key] = total.get(key, 0) + value
+        out: dict[str, float] = {}
+        counts = ("samples", "failed", "text_only") + (("resume_disabled",) if total.get("resume_disabled") else ())
+        for suffix, row in [("", total)] + [(f"/{task}", row) for task, row in sorted(self._tasks.items())]:
+            for key in EFFICIENCY_KEYS:
+                if row.get(f"n:{key}"):
+                    out[f"eff_{key}{suffix}"] = row[f"sum:{key}"] / row[f"n:{key}"]
+            for key in counts:
+                out[f"eff_{key}{suffix}"] = float(row.get(key, 0))
+        return out
+
+    def report(self, world_size: int = 1) -> dict[str, float]:
+        """Gather every rank's sums (when ``world_size > 1``) and hand the figures to lmms-eval's ``log_metrics``.
+
+        Returns:
+            The figures logged (also when lmms-eval's metric logger cannot be imported).
+        """
+        if world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                gathered: list[Any] = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, self.sums)
+                merged = EfficiencyTally()
+                for sums in gathered:
+                    merged.merge(sums or {})
+                self._tasks = merged._tasks
+        figures = self.metrics()
+        if not figures:
+            return figures
+        total_latency = sum(row.get("sum:latency_s", 0.0) for row in self._tasks.values())
+        total_tokens = int(sum(row.get("new_tokens", 0) for row in self._tasks.values()))
+        try:
+            from lmms_eval.models.model_utils.gen_metrics import log_metrics
+        except ImportError:  # pragma: no cover - lmms-eval is a dependency; direct library use still works
+            return figures
+        log_metrics(
+            total_elapsed_time=total_latency,
+            total_gen_tokens=total_tokens,
+            avg_speed=total_tokens / total_latency if total_latency > 0 else 0.0,
+            additional_metrics={"total_requests": figures["eff_samples"], **figures},
+        )
+        return figures

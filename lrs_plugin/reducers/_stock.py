@@ -1,0 +1,184 @@
+"""Shared parts of the stock-layout reducers: the plain vision tokens of the last image, and a pre-LLM reducer base."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.imagery.large_image import LargeImage
+
+__all__ = ["LastImage", "PlainVision", "PreLLMReducer", "answer_plain"]
+
+
+def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: list[list[int]] | None = None) -> int:
+    """Tiles the preprocessing feeds to the vision tower (1, or LLaVA-NeXT's anyres grid + base image).
+
+    ``grid_pinpoints`` (LLaVA-NeXT) replaces the checkpoint's anyres resolutions; ``None`` keeps them.
+    """
+    if backbone.arch != "llava_next":
+        return 1
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    pinpoints = backbone.config.image_grid_pinpoints if grid_pinpoints is None else grid_pinpoints
+    return int(
+        image_size_to_num_patches(
+            image_size=(image_wh[1], image_wh[0]),
+            grid_pinpoints=[[int(h), int(w)] for h, w in pinpoints],
+            patch_size=backbone.tile_size,
+        )
+    )
+
+
+class LastImage:
+    """Keeps ``compute(rgb_image)`` of the last image asked about (the model asks an image's questions in a row).
+
+    The pixels come from :meth:`LargeImage.to_pil <lrs_plugin.imagery.LargeImage.to_pil>`: the same decoders, limits
+    and 8-bit rule as C2F's windows, so every method sees the same pixels. Results are keyed by
+    :attr:`LargeImage.key <lrs_plugin.imagery.LargeImage.key>` (a file's path, size and mtime; a unique id for an
+    in-memory image).
+
+    Args:
+        compute: Maps the decoded RGB PIL image to what a reducer needs per image (e.g. its vision tokens).
+    """
+
+    def __init__(self, compute: Callable[[Image.Image], Any]) -> None:
+        self.compute = compute
+        self._last: tuple[Any, Any] | None = None
+
+    def get(self, image: LargeImage) -> Any:
+        """``compute`` of ``image``, decoded and computed once per image."""
+        if self._last is None or self._last[0] != image.key:
+            self._last = None  # release the previous image's result before decoding the next one
+            self._last = (image.key, self.compute(image.to_pil()))
+        return self._last[1]
+
+    def clear(self) -> None:
+        """Forget the last image's result."""
+        self._last = None
+
+
+class PlainVision:
+    """The stock vision tokens of the last image asked about (questions come grouped by image).
+
+    Args:
+        backbone: The loaded backbone.
+        prepare: Applied to the decoded RGB image before the stock processor (e.g. a downsampling); ``None`` keeps
+            the image as it is.
+        grid_pinpoints: LLaVA-NeXT anyres resolutions ``[[h, w], ...]`` used instead of the checkpoint's (see
+            :meth:`Backbone.plain_vision_embeds`); ``None`` runs the stock preprocessing.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        prepare: Callable[[Image.Image], Image.Image] | None = None,
+        grid_pinpoints: list[list[int]] | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.prepare = prepare
+        self.grid_pinpoints = None if grid_pinpoints is None else [[int(h), int(w)] for h, w in grid_pinpoints]
+        self._cache = LastImage(self._encode)
+
+    def _encode(self, image: Image.Image) -> tuple[torch.Tensor, int]:
+        if self.prepare is not None:
+            image = self.prepare(image)
+        if self.grid_pinpoints is None:
+            vision = self.backbone.plain_vision_embeds(image)
+        else:
+            vision = self.backbone.plain_vision_embeds(image, grid_pinpoints=self.grid_pinpoints)
+        return vision, _num_tiles(self.backbone, image.size, self.grid_pinpoints)
+
+    def get(self, image: LargeImage) -> tuple[torch.Tensor, int]:
+        """``(vision tokens [N, C], tiles encoded)`` of the image, decoded and encoded once per image."""
+        return self._cache.get(image)
+
+    def clear(self) -> None:
+        """Forget the last image's tokens."""
+        self._cache.clear()
+
+
+def answer_plain(
+    backbone: Backbone,
+    vision: torch.Tensor,
+    tiles: int,
+    question: str,
+    *,
+    max_new_tokens: int,
+    stop_strings: list[str] | None = None,
+    max_tiles: int | None = None,
+) -> ReducerOutput:
+    """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and report the standard stats.
+
+    Shared by every reducer that shortens the vision sequence before the LLM; ``max_tiles`` (an anyres-pN limit
+    the tokens were encoded under) is recorded in the stats when set.
+    """
+    prefix, suffix = backbone.split_prompt(question)
+    embeds, _ = backbone.assemble(prefix, vision, suffix)
+    out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+    stats = {
+        "tiles_encoded": tiles,
+        "vision_tokens_encoded": tiles * backbone.tokens_per_tile,
+        "vision_tokens_to_llm": int(vision.shape[0]),
+        "llm_input_len": int(embeds.shape[1]),
+        "new_tokens": out.num_new_tokens,
+        "focus_passes": [],
+    }
+    if max_tiles is not None:
+        stats["max_tiles"] = int(max_tiles)
+    return ReducerOutput(text=out.text, stats=stats)
+
+
+class PreLLMReducer:
+    """``answer`` / ``close`` shared by the reducers that send one vision sequence per image to the LLM.
+
+    Subclasses set :attr:`backbone`, :attr:`vision` (a :class:`PlainVision`, or a :class:`LastImage` whose ``get``
+    returns ``(tokens [N, C], tiles, ...)``) and :attr:`max_tiles`; they override :meth:`vision_for` to change the
+    cached tokens per question or to add stats (e.g. the focus recall of the question's ``doc``).
+    """
+
+    stage = "pre_llm"
+    backbone: Backbone
+    vision: PlainVision | LastImage
+    max_tiles: int | None = None
+
+    def vision_for(
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """``(tokens [N, C] sent to the LLM, tiles encoded, extra stats)`` for ``image`` and the question's ``doc``."""
+        vision, tiles = self.vision.get(image)
+        return vision, tiles, {}
+
+    def answer(
+        self,
+        image: ImageInput,
+        question: str,
+        *,
+        doc: Mapping[str, Any],
+        max_new_tokens: int,
+        stop_strings: list[str] | None = None,
+    ) -> ReducerOutput:
+        """Answer with the tokens of :meth:`vision_for`; its extra stats join the standard ones."""
+        with borrow_image(image) as source:
+            vision, tiles, extra = self.vision_for(source, doc)
+        out = answer_plain(
+            self.backbone,
+            vision,
+            tiles,
+            question,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            max_tiles=self.max_tiles,
+        )
+        out.stats.update(extra)
+        return out
+
+    def close(self) -> None:
+        """Forget the last image's vision tokens."""
+        self.vision.clear()

@@ -1,0 +1,71 @@
+"""Focus recall on hand-made boxes, tiles and token cells, and as c2f reports it."""
+
+from __future__ import annotations
+
+import pytest
+
+from lrs_plugin.c2f.pyramid import build_pyramid
+from lrs_plugin.focus.recall import box_center_tile, clipped_box, tile_recall, token_recall
+
+
+def test_clipped_box():
+    assert clipped_box([-5, -5, 10, 10], (8, 20)) == (0.0, 0.0, 8.0, 10.0)
+    assert clipped_box([30, 30, 40, 40], (20, 20)) is None
+    with pytest.raises(ValueError, match="4 finite numbers"):
+        clipped_box([0, 0, 1], (10, 10))
+
+
+def test_tile_of_the_box_centre_at_a_zoom_level():
+    pyramid = build_pyramid(2000, 4000, tile=336, base_long_side=1008)  # H, W
+    level = pyramid.levels[1]  # 2016 x 1008 content, 6 x 3 tiles
+    assert level.grid_hw == (3, 6)
+    # centre (3000, 500) in source px -> (1512, 252) in level px -> tile (0, 4)
+    assert box_center_tile([2990, 490, 3010, 510], level) == (0, 4)
+    assert tile_recall([2990, 490, 3010, 510], level, [(0, 4)]) == 1.0
+    assert tile_recall([2990, 490, 3010, 510], level, [(0, 3), (1, 4)]) == 0.0
+    assert tile_recall([5000, 5000, 5100, 5100], level, [(0, 4)]) is None
+
+
+def test_token_recall_union_of_cells():
+    box = (10, 10, 30, 30)  # area 400
+    assert token_recall(box, (100, 100), [(0, 0, 20, 20)]) == pytest.approx(100 / 400)
+    # two overlapping cells count once: [10,25]x[10,20] = 150
+    assert token_recall(box, (100, 100), [(0, 0, 20, 20), (15, 0, 25, 20)]) == pytest.approx(150 / 400)
+    assert token_recall(box, (100, 100), [(0, 0, 50, 50)]) == 1.0
+    assert token_recall(box, (100, 100), [(float("nan"),) * 4, (40, 40, 50, 50)]) == 0.0
+    assert token_recall((90, 90, 200, 200), (100, 100), [(90, 90, 95, 100)]) == pytest.approx(0.5)
+
+
+def test_c2f_reports_recall_and_keep_all_is_one(tiny_backbones):
+    import numpy as np
+
+    from lrs_plugin.c2f.driver import C2FConfig, run_c2f
+    from lrs_plugin.focus.scorers import build_focus
+    from lrs_plugin.imagery.large_image import open_image
+    from lrs_plugin.testbed.scenes import make_scene, scene_questions
+
+    backbone = tiny_backbones[("llava_next", "qwen2")]
+    scene = make_scene("eval", 0, 0)
+    question = scene_questions(scene, np.random.default_rng(0))[0]
+    doc = {"hbox": question["hbox"]}
+    keep_all = C2FConfig(keep_ratio=1.0, select_ratio=1.0, newline_vote_quirk=False)
+    with open_image(scene.pixels) as image:
+        full = run_c2f(backbone, image, question["text"], build_focus("uniform", backbone), keep_all, doc=doc,
+                       max_new_tokens=1)  # fmt: skip
+        oracle = run_c2f(backbone, image, question["text"], build_focus("oracle", backbone), doc=doc, max_new_tokens=1)
+        none = run_c2f(backbone, image, question["text"], build_focus("uniform", backbone), doc={}, max_new_tokens=1)
+    assert full.stats["focus_tile_recall"] == 1.0 and full.stats["focus_token_recall"] == pytest.approx(1.0)
+    assert oracle.stats["focus_tile_recall"] == 1.0 and oracle.stats["focus_token_recall"] > 0.5
+    assert none.stats["focus_tile_recall"] is None and none.stats["focus_token_recall"] is None
+
+
+def test_keep_all_reducers_report_full_recall_only_with_a_box_inside():
+    from lrs_plugin.models.c2f_llava import _keep_all_recall
+
+    assert _keep_all_recall("none", {"hbox": [1, 1, 5, 5]}, (10, 10)) == {
+        "focus_tile_recall": 1.0,
+        "focus_token_recall": 1.0,
+    }
+    assert _keep_all_recall("anyres", {"hbox": [20, 20, 30, 30]}, (10, 10)) == {}
+    assert _keep_all_recall("none", {"hbox": None}, (10, 10)) == {}
+    assert _keep_all_recall("random", {"hbox": [1, 1, 5, 5]}, (10, 10)) == {}
