@@ -401,8 +401,13 @@ def _is_number(value: Any) -> bool:
 
 
 def subset_of(question_id: str) -> str:
-    """Return the source dataset of a question id (``"GLH-Bridge_12"`` -> ``"GLH-Bridge"``)."""
-    return question_id.rsplit("_", 1)[0]
+    """The source dataset of a question id ``<subset>_<n>``: the part before the first ``_``.
+
+    The one reading of a question id (scoring checks its result against the known subsets). Subset names hold no
+    ``_`` (``GLH-Bridge`` has a hyphen), so the first ``_`` ends the name: ``"GLH-Bridge_12"`` -> ``"GLH-Bridge"``,
+    ``"STAR_3999"`` -> ``"STAR"``; an id without ``_`` is returned whole.
+    """
+    return str(question_id).split("_", 1)[0]
 
 
 def build_docs(
