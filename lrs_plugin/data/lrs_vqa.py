@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shutil
 import sys
@@ -400,6 +401,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_real(value: Any) -> bool:
+    """A finite real number, numpy scalars included (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def subset_of(question_id: str) -> str:
     """The source dataset of a question id ``<subset>_<n>``: the part before the first ``_``.
 
@@ -477,29 +483,43 @@ def check_images(root: str | Path | None) -> list[str]:
     return list(missing)
 
 
-def clip_box(box: Sequence[float], image_size: Sequence[int]) -> tuple[int, int, int, int] | None:
+def clip_box(
+    box: Sequence[float], image_size: Sequence[int], *, whole_pixels: bool = True
+) -> tuple[int, int, int, int] | tuple[float, float, float, float] | None:
     """Clip an ``[x1, y1, x2, y2]`` box into the image ``[0, W] x [0, H]``.
 
-    Some FAIR boxes overflow the image or have negative coordinates; they are clipped, not rejected. Fractional
-    coordinates widen to whole pixels (floor the start, ceil the end).
+    The one clipping rule for a document's box: focus recall (:func:`lrs_plugin.focus.recall.clipped_box`), the
+    ``oracle`` focus scorer and the reducers' encoded regions call it. Some FAIR boxes overflow the image or have
+    negative coordinates; they are clipped, not rejected. The corners are sorted first (``x2, y2, x1, y1`` is the same
+    box).
 
     Args:
         box: ``[x1, y1, x2, y2]`` in source pixels.
         image_size: ``[W, H]``.
+        whole_pixels: Widen fractional coordinates to whole pixels (floor the start, ceil the end) and return ints;
+            ``False`` keeps them as floats.
 
     Returns:
         The clipped box, or ``None`` when nothing of it is inside the image.
 
     Raises:
-        DatasetSchemaError: ``box`` does not have 4 numbers or ``image_size`` 2.
+        DatasetSchemaError: ``box`` is not 4 finite numbers or ``image_size`` not 2 (a :class:`ValueError`).
     """
-    if len(box) != 4 or len(image_size) != 2:
-        raise DatasetSchemaError(f"clip_box needs [x1, y1, x2, y2] and [W, H], got {list(box)!r} and {image_size!r}")
+    if len(box) != 4 or len(image_size) != 2 or not all(_is_real(v) for v in box):
+        raise DatasetSchemaError(
+            f"clip_box needs the box as 4 finite numbers (x1, y1, x2, y2) and the image size [W, H]; got "
+            f"{list(box)!r} and {image_size!r}"
+        )
     width, height = int(image_size[0]), int(image_size[1])
-    x1 = min(max(math.floor(box[0]), 0), width)
-    y1 = min(max(math.floor(box[1]), 0), height)
-    x2 = min(max(math.ceil(box[2]), 0), width)
-    y2 = min(max(math.ceil(box[3]), 0), height)
+    (x1, x2), (y1, y2) = sorted((box[0], box[2])), sorted((box[1], box[3]))
+    if whole_pixels:
+        x1, y1, x2, y2 = math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)
+    else:
+        x1, y1, x2, y2 = float(x1), float(y1), float(x2), float(y2)
+    x1, x2 = min(max(x1, 0), width), min(max(x2, 0), width)
+    y1, y2 = min(max(y1, 0), height), min(max(y2, 0), height)
     if x2 <= x1 or y2 <= y1:
         return None
+    if not whole_pixels:
+        return float(x1), float(y1), float(x2), float(y2)
     return x1, y1, x2, y2

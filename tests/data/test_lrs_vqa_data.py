@@ -644,7 +644,13 @@ def _real_question_file() -> Path | None:
 
 @pytest.mark.parametrize(
     ("qid", "subset"),
-    [("FAIR_1", "FAIR"), ("GLH-Bridge_1062", "GLH-Bridge"), ("STAR_3999", "STAR"), ("SYNTH_7", "SYNTH"), ("FAIR", "FAIR")],
+    [
+        ("FAIR_1", "FAIR"),
+        ("GLH-Bridge_1062", "GLH-Bridge"),
+        ("STAR_3999", "STAR"),
+        ("SYNTH_7", "SYNTH"),  # the testbed's ids
+        ("FAIR", "FAIR"),
+    ],
 )
 def test_subset_of_reads_every_id_form_and_scoring_uses_it(qid, subset):
     from lrs_plugin import scoring
