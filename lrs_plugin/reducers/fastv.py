@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.flops.terms import equivalent_tokens, fastv_keep, staged_tokens_per_layer
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
 from lrs_plugin.reducers._tiles import take_options
 from lrs_plugin.reducers.registry import register_reducer
@@ -32,6 +33,7 @@ from lrs_plugin.reducers.registry import register_reducer
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
 
+# fastv_keep (the keep rule) is owned by lrs_plugin.flops.terms, which counts FastV's FLOPs with it; re-exported here.
 __all__ = ["FastVConfig", "FastVReducer", "fastv_equivalent_tokens", "fastv_keep", "solve_fastv_keep"]
 
 
@@ -59,14 +61,9 @@ class FastVConfig:
             raise ConfigError(f"FastVConfig.budget={self.budget!r} is invalid; valid: None or a number > 0")
 
 
-def fastv_keep(num_image: int, r: float) -> int:
-    """Image tokens FastV keeps: ``max(1, round(N·(1-R)))``."""
-    return max(1, min(num_image, round(num_image * (1 - r))))
-
-
 def fastv_equivalent_tokens(num_image: int, keep: int, k: int, num_layers: int) -> float:
-    """Layer-averaged vision tokens ``(K·N + (L-K)·keep) / L``."""
-    return (k * num_image + (num_layers - k) * keep) / num_layers
+    """Layer-averaged vision tokens ``(K·N + (L-K)·keep) / L`` (the layout and average the FLOPs use)."""
+    return equivalent_tokens(staged_tokens_per_layer(num_image, num_layers, [(k, keep)]))
 
 
 def solve_fastv_keep(num_image: int, budget: float, k: int, num_layers: int) -> int:
