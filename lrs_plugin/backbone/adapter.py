@@ -436,7 +436,10 @@ class Backbone:
         return torch.cat(chunks, dim=0).to(self.device)
 
     def pool2x2(self, features: torch.Tensor) -> torch.Tensor:
-        """Average 2x2 neighbouring patches of square patch grids.
+        """Average 2x2 neighbouring patches of square patch grids, refusing odd ones.
+
+        :func:`lrs_plugin.backbone.anyres.pool_tiles` ``"average"`` (the one 2x2 pooling), which on an odd grid would
+        drop the last row and column.
 
         Args:
             features: ``[n, g*g, C]`` tokens in raster order, ``g`` even (no CLS token).
@@ -450,14 +453,13 @@ class Backbone:
         """
         import math
 
-        import torch.nn.functional as F
+        from lrs_plugin.backbone.anyres import pool_tiles
 
-        n, t, c = features.shape
+        t = features.shape[1]
         g = math.isqrt(t)
         if g * g != t or g % 2:
             raise ConfigError(f"pool2x2 needs an even square patch grid; got {t} tokens per tile")
-        grid = features.reshape(n, g, g, c).permute(0, 3, 1, 2)
-        return F.avg_pool2d(grid, kernel_size=2).permute(0, 2, 3, 1).reshape(n, (g // 2) ** 2, c)
+        return pool_tiles(features, "average")
 
     def image_crops(
         self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None
