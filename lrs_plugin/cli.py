@@ -218,7 +218,7 @@ def _fetch(args: argparse.Namespace) -> int:
             progress=progress,
             force=args.force,
         )
-        print(f"LRS-VQA ready in {root} (tasks find it there by default; elsewhere set LRS_VQA_ROOT={root})")
+        print(f"LRS-VQA ready in {root} (tasks find it there by default; elsewhere set {lrs_vqa.ROOT_ENV}={root})")
     else:
         from lrs_plugin.data import mme_realworld_rs
 
@@ -231,7 +231,7 @@ def _fetch(args: argparse.Namespace) -> int:
             progress=progress,
             force=args.force,
         )
-        print(f"MME-RealWorld-RS ready in {root} (elsewhere set MME_RW_RS_ROOT={root})")
+        print(f"MME-RealWorld-RS ready in {root} (elsewhere set {mme_realworld_rs.ENV_ROOT}={root})")
     return 0
 
 

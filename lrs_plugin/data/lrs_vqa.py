@@ -13,12 +13,10 @@ absolute image *paths*; pixels are decoded only by the model side.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 from lrs_plugin._jsonl import iter_json_objects
 from lrs_plugin.data import _hub, archive
-from lrs_plugin.data._lock import exclusive_lock
+from lrs_plugin.data._install import install_lock, marker_name, marker_revision, requested_root, say, write_marker
 from lrs_plugin.data._paths import default_dataset_root, require_inside_root
 from lrs_plugin.errors import (
     ConfigError,
@@ -71,8 +69,11 @@ ARCHIVE_BASE = "LRS_VQA.7z"
 QUESTION_FILE = "LRS_VQA/LRS_VQA_merged.jsonl"
 """Question file, relative to the dataset root (the parent of ``LRS_VQA/``)."""
 
-MARKER_NAME = ".lrs_vqa_complete.json"
-"""Completion marker inside the fetch root, written only after a verified, complete extraction."""
+_DATASET_NAME = "lrs_vqa"
+
+MARKER_NAME = marker_name(_DATASET_NAME)
+"""Completion marker inside the fetch root (``.lrs_vqa_complete.json``), written only after a verified, complete
+extraction (:mod:`lrs_plugin.data._install`)."""
 
 LOCK_NAME = ".fetch.lock"
 """Lock file inside the fetch root, held by a running fetch (and its 7-Zip child)."""
@@ -164,17 +165,11 @@ def fetch(
         UnsafeArchiveError: A member would land outside the root.
         DatasetIntegrityError: The archive lacks the question file or referenced images (the first 20 named).
     """
-    root = Path(root) if root is not None else default_dataset_root("lrs_vqa")
+    root = Path(root) if root is not None else default_dataset_root(_DATASET_NAME)
     requested = "local" if parts_dir is not None else revision
     if not force and _marker_revision(root) == requested:
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    lock_path = root / LOCK_NAME
-
-    def waiting() -> None:
-        _say(progress, f"waiting for another fetch of {root} to finish (lock {lock_path})")
-
-    with exclusive_lock(lock_path, on_wait=waiting) as lock_fd:
+    with install_lock(root, LOCK_NAME, say=lambda message: _say(progress, message)) as lock_fd:
         if not force and _marker_revision(root) == requested:
             return root
         (root / MARKER_NAME).unlink(missing_ok=True)
@@ -255,10 +250,7 @@ def _marker_revision(root: Path) -> str | None:
     """The requested revision recorded by a completion marker, or ``None`` when ``root`` is not complete."""
     if not (root / QUESTION_FILE).is_file():
         return None
-    try:
-        return json.loads((root / MARKER_NAME).read_text(encoding="utf-8")).get("revision")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return marker_revision(root, MARKER_NAME)
 
 
 def _write_marker(
@@ -284,14 +276,12 @@ def _write_marker(
         "completed_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plugin_version": __version__,
     }
-    tmp = root / (MARKER_NAME + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, root / MARKER_NAME)
+    write_marker(root, MARKER_NAME, marker)
 
 
 def _say(enabled: bool, message: str) -> None:
     if enabled:
-        print(f"[lrs_vqa] {message}", file=sys.stderr, flush=True)
+        say(_DATASET_NAME, message)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -310,13 +300,9 @@ def resolve_root(root: str | Path | None = None) -> Path:
     Raises:
         DatasetNotFoundError: Nothing found; says how to fetch it or where to point ``LRS_VQA_ROOT``.
     """
+    root, source = requested_root(root, ROOT_ENV)
     if root is None:
-        root = os.environ.get(ROOT_ENV) or None
-        source = f"${ROOT_ENV}"
-    else:
-        source = "the given root"
-    if root is None:
-        default = default_dataset_root("lrs_vqa")
+        default = default_dataset_root(_DATASET_NAME)
         if (default / MARKER_NAME).is_file() and (default / QUESTION_FILE).is_file():
             return default.resolve()
         raise DatasetNotFoundError(f"LRS-VQA not found (no complete fetch in {default}): {_MISSING_HINT}")
