@@ -14,7 +14,6 @@ absolute image *paths*; pixels are decoded only by the model side.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -387,11 +386,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_real(value: Any) -> bool:
-    """A finite real number, numpy scalars included (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def subset_of(question_id: str) -> str:
     """The source dataset of a question id ``<subset>_<n>``: the part before the first ``_``.
 
@@ -491,7 +485,7 @@ def clip_box(
     Raises:
         DatasetSchemaError: ``box`` is not 4 finite numbers or ``image_size`` not 2 (a :class:`ValueError`).
     """
-    if len(box) != 4 or len(image_size) != 2 or not all(_is_real(v) for v in box):
+    if len(box) != 4 or len(image_size) != 2 or not all(_is_number(v) for v in box):
         raise DatasetSchemaError(
             f"clip_box needs the box as 4 finite numbers (x1, y1, x2, y2) and the image size [W, H]; got "
             f"{list(box)!r} and {image_size!r}"

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.flops.terms import equivalent_tokens, pdrop_keeps, staged_tokens_per_layer
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
-from lrs_plugin.reducers._tiles import take_options
+from lrs_plugin.reducers._tiles import is_finite_number, take_options
 from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
@@ -47,10 +47,6 @@ __all__ = [
     "quarter_layers",
     "solve_pdrop_lambda",
 ]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -75,9 +71,9 @@ class PDropConfig:
                     f"PDropConfig.layer_list={items!r} is invalid; valid: None or a non-empty tuple of increasing "
                     "ints >= 1"
                 )
-        if not _is_number(self.lam) or not 0 < self.lam <= 1:
+        if not is_finite_number(self.lam) or not 0 < self.lam <= 1:
             raise ConfigError(f"PDropConfig.lam={self.lam!r} is invalid; valid: a number with 0 < lam <= 1")
-        if self.budget is not None and (not _is_number(self.budget) or self.budget <= 0):
+        if self.budget is not None and (not is_finite_number(self.budget) or self.budget <= 0):
             raise ConfigError(f"PDropConfig.budget={self.budget!r} is invalid; valid: None or a number > 0")
 
 
