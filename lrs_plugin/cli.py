@@ -325,10 +325,15 @@ def _sweep(args: argparse.Namespace) -> int:
         metric=args.metric,
     )
     report = run_sweep(config, args.out, log=lambda m: print(m, file=sys.stderr))
+
+    def num(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for row in report.rows:
         print(
-            f"{row['reducer']:<10} B={row['budget']:<6} {row['metric']} {row['accuracy']} "
-            f"± {row['accuracy_se']}  tokens {row['vision_tokens']}  TFLOPs {row['tflops']}"
+            f"{row['reducer']:<10} B={row['budget']:<6} {row['metric']} {num(row['accuracy'], 2)} "
+            f"± {num(row['accuracy_se'], 2)}  vision tokens {num(row['vision_tokens'], 1)}  "
+            f"TFLOPs {num(row['tflops'], 4)}  failed {row['failed']}/{row['n']}"
         )
     print(f"csv: {report.csv}\nplots: {report.plots[0]} {report.plots[1]}")
     return 0
