@@ -206,3 +206,15 @@ def test_cli_json_and_table(pair, tmp_path):
     assert "12 questions paired over 4 images" in text and "agreement (same correctness) 58.33 %" in text
     mismatch = _cli("compare", str(a), str(_run(tmp_path / "fair", A_RIGHT, task="lrs_vqa_fair")))
     assert mismatch.returncode == 2 and mismatch.stderr.startswith("error: ") and "share no task" in mismatch.stderr
+
+
+def test_newest_run_of_a_folder_and_questions_answered_by_one_run_only(tmp_path, pair):
+    a, b, _ = pair
+    model = a / "tiny__ckpt"  # an older run in the same folder: ignored
+    (model / "20250101_000000_results.json").write_text("{}")
+    (model / "20250101_000000_samples_lrs_synth.jsonl").write_text(json.dumps(_rows([0] * 12)[0]) + "\n")
+    assert load_run(a).source.name == "20260101_000000_results.json"
+    short = _run(tmp_path / "short", B_RIGHT[:10])  # e.g. another --limit: q10, q11 not answered
+    (result,) = compare_runs(a, short, detail=True)
+    assert result["n"] == 10 and result["_detail"]["unpaired_a"] == 2 and result["_detail"]["unpaired_b"] == 0
+    assert result["a"]["acc"] == 90.0  # q0-q8 right of q0-q9
