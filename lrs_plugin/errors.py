@@ -24,6 +24,8 @@ __all__ = [
     "WordNetUnavailableError",
     "SampleRecordError",
     "ScoringInputError",
+    "RunNotFoundError",
+    "RunMismatchError",
     "MissingDependencyError",
     "EvaluationFailedError",
 ]
@@ -79,6 +81,14 @@ class WordNetUnavailableError(LrsPluginError, LookupError):
 
 class ScoringInputError(LrsPluginError, ValueError):
     """An answers / samples file given to the scorer is malformed (names the file, line and field)."""
+
+
+class RunNotFoundError(LrsPluginError, FileNotFoundError):
+    """A run given to ``compare`` / ``sweep`` has no results or sample logs where it was pointed (names the path)."""
+
+
+class RunMismatchError(LrsPluginError, ValueError):
+    """Runs given to ``compare`` cannot be paired: no task or no question in common (names both runs and tasks)."""
 
 
 class MissingDependencyError(LrsPluginError, ImportError):

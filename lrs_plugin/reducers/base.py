@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
+from lrs_plugin.backbone.adapter import SUPPORTED_ARCHS
 from lrs_plugin.harness.record import SampleRecord
 
 if TYPE_CHECKING:
@@ -42,8 +43,8 @@ __all__ = [
 ]
 
 STAGES = ("pre_llm", "pyramid", "in_llm")
-ARCHS = ("llava", "llava_next")
-"""Backbone architectures (``config.model_type``) a reducer may declare it supports."""
+ARCHS = SUPPORTED_ARCHS
+"""Backbone architectures (``config.model_type``) a reducer may declare it supports: the adapter's."""
 
 
 @dataclass

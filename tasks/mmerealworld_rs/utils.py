@@ -13,6 +13,7 @@ from lrs_plugin import scoring
 from lrs_plugin.data import mme_realworld_rs as mme_data
 from lrs_plugin.harness.record import STORE, sample_key
 from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures, mean_skip_none
+from lrs_plugin.tasks._sample_scores import cluster_fields
 
 __all__ = [
     "BENCHMARK",
@@ -97,8 +98,9 @@ def _process(doc: Mapping[str, Any], results: Sequence[Any], extraction: str) ->
         "correct": bool(correct),
         "extraction": extraction,
         "error": error,
+        **cluster_fields(doc, correct),  # lmms-eval's clustered stderr (tasks/_sample_scores.py)
     }
-    out: dict[str, Any] = {"acc": score, "mean_category_acc": sample}
+    out: dict[str, Any] = {"acc": score, "mean_category_acc": sample, "score": int(correct)}  # what --baseline pairs
     for category in mme_data.L2_CATEGORIES:
         out[f"cat_{category}"] = score if doc["category"] == category else None
     out.update(efficiency_metrics(record))
