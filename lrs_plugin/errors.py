@@ -22,6 +22,7 @@ __all__ = [
     "ImageTooLargeError",
     "MultipleImagesError",
     "WordNetUnavailableError",
+    "SampleRecordError",
     "ScoringInputError",
     "RunNotFoundError",
     "RunMismatchError",
@@ -108,3 +109,7 @@ class CheckpointNotFoundError(LrsPluginError, FileNotFoundError):
 
 class OutputExistsError(LrsPluginError, FileExistsError):
     """An output folder exists and overwriting was not asked for."""
+
+
+class SampleRecordError(LrsPluginError, ValueError):
+    """A per-sample record (or its JSON object) holds a value that does not fit its field; the message names both."""

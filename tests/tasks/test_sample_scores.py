@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lrs_plugin.harness.record import STORE, sample_key
+from lrs_plugin.harness.record import STORE, SampleRecord, sample_key
 from lrs_plugin.tasks import _sample_scores
 from lrs_plugin.tasks.lrs_vqa import utils as lrs_utils
 from lrs_plugin.tasks.mmerealworld_rs import utils as mme_utils
@@ -43,7 +43,7 @@ def test_the_tolerant_metrics_rescue_form_variants_and_keep_aa_strict():
     both = lrs_utils.process_results(_doc(), ["t-shaped"])
     assert both["aa_tolerant"]["correct"] is True and both["tolerant_rescued"] == 0  # right anyway: not rescued
     doc = _doc()
-    STORE.put(sample_key(doc), {"error": "ImageReadError: truncated"})
+    STORE.put(sample_key(doc), SampleRecord(error="ImageReadError: truncated"))
     failed = lrs_utils.process_results(doc, ["t-shaped"])
     assert failed["aa_tolerant"]["correct"] is False and failed["tolerant_rescued"] == 0 and failed["score"] == 0
 

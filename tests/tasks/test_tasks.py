@@ -10,7 +10,7 @@ import yaml
 from lrs_plugin import tasks_dir
 from lrs_plugin.data import lrs_vqa as lrs_data
 from lrs_plugin.data import mme_realworld_rs as mme_data
-from lrs_plugin.harness.record import STORE, sample_key
+from lrs_plugin.harness.record import STORE, SampleRecord, sample_key
 from lrs_plugin.tasks import _common
 from lrs_plugin.tasks.lrs_vqa import utils as lrs_utils
 from lrs_plugin.tasks.mmerealworld_rs import utils as mme_utils
@@ -114,7 +114,7 @@ def test_process_results_correct_wrong_and_recorded_failure():
     assert lrs_utils.process_results(_lrs_doc(), [""])["oa"] == 0.0  # empty answer: recorded wrong
     # A model-side failure makes the sample wrong even if the text matches, and the reason is kept.
     doc = _lrs_doc()
-    STORE.put(sample_key(doc), {"error": "ImageReadError: truncated", "tflops": 1.5, "vision_tokens_to_llm": 10})
+    STORE.put(sample_key(doc), SampleRecord(error="ImageReadError: truncated", tflops=1.5, vision_tokens_to_llm=10))
     out = lrs_utils.process_results(doc, ["gray"])
     assert out["oa"] == 0.0 and out["aa"]["error"] == "ImageReadError: truncated"
     assert out["eff_tflops"] == 1.5 and out["eff_vision_tokens_to_llm"] == 10.0
