@@ -409,4 +409,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LrsPluginError, OSError) as exc:  # OSError: unreadable files, filelock.Timeout
         print(f"error: {exc}", file=sys.stderr)
         return 2
-

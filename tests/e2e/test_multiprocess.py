@@ -3,7 +3,8 @@
 17 generated questions (odd, so the shards are uneven: 9 and 8 docs, lmms-eval pads rank 1), a tiny random
 checkpoint. The form that really starts 2 processes on CPU is
 ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...`` (``--cpu`` alone runs one).
-The 2-process kill-and-resume test is ``tests/harness/test_resume.py::test_sigkill_then_resume_under_two_processes`` (slow).
+The 2-process kill-and-resume test is
+``tests/harness/test_resume.py::test_sigkill_then_resume_under_two_processes`` (slow).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrs_plugin.focus import scorers as focus
 from lrs_plugin.backbone.adapter import Backbone
 from lrs_plugin.backbone.tiny import build_tiny_llava
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.focus import scorers as focus
 from lrs_plugin.focus.scorers import FocusContext, FocusScorer, build_focus, register_focus, save_rfm_original_layout
 
 VARIANTS = [("llava_next", "qwen2"), ("llava", "llama")]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lrs_plugin.leaderboard import submit as lb
 from lrs_plugin.errors import LrsPluginError
+from lrs_plugin.leaderboard import submit as lb
 from lrs_plugin.leaderboard.schema import COLUMN_NAMES, shown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
