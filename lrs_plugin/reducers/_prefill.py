@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
     import torch
 
-    from lrs_plugin.backbone.adapter import Backbone, GenerationOutput
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.backbone.language import GenerationOutput
     from lrs_plugin.harness.record import FocusRecall
     from lrs_plugin.reducers._tiles import TileLimit
 
@@ -364,7 +365,7 @@ def generate_pruned(
     Returns:
         ``(answer, prefill)``; the prefill's cache holds the decoded tokens too.
     """
-    from lrs_plugin.backbone.adapter import GenerationOutput
+    from lrs_plugin.backbone.language import GenerationOutput
     from lrs_plugin.backbone.stops import cut_at_stop, stop_criterion
 
     eos = list(eos_token_ids) if eos_token_ids else backbone._default_eos_ids()

@@ -490,7 +490,7 @@ def test_rfm_file_found_next_to_a_sharded_model(converted, sources, tmp_path):
 
 
 def test_pinpoints_are_read_as_the_original_width_height_pairs():
-    from lrs_plugin.backbone.convert import _pinpoints
+    from lrs_plugin.backbone._convert_config import _pinpoints
 
     assert _pinpoints([[336, 672], [672, 336]], 336) == [[672, 336], [336, 672]]  # (w, h) -> [h, w]
     assert _pinpoints("(1x1),(1x2),(2x3)", 14) == [[14, 14], [28, 14], [42, 14], [14, 28], [28, 28], [42, 28]]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrs_plugin.backbone import adapter
+from lrs_plugin.backbone import language
 from lrs_plugin.backbone.stops import cut_at_stop
 from lrs_plugin.flops.accounting import ModelDims, sample_tflops
 from lrs_plugin.reducers.registry import build_reducer
@@ -41,11 +41,11 @@ def generated_ids(monkeypatch) -> list[tuple[int, ...]]:
     seen: list[tuple[int, ...]] = []
 
     @dataclasses.dataclass(frozen=True)
-    class Recorded(adapter.GenerationOutput):
+    class Recorded(language.GenerationOutput):
         def __post_init__(self) -> None:
             seen.append(self.new_token_ids)
 
-    monkeypatch.setattr(adapter, "GenerationOutput", Recorded)
+    monkeypatch.setattr(language, "GenerationOutput", Recorded)
     return seen
 
 
