@@ -163,6 +163,6 @@ class _FakeAccelerator:
     ],
 )
 def test_rank_device(accelerator, requested, expected):
-    from lrs_plugin.models.c2f_llava import _rank_device
+    from lrs_plugin.harness.requests import rank_device
 
-    assert _rank_device(_FakeAccelerator(*accelerator), requested) == expected
+    assert rank_device(_FakeAccelerator(*accelerator), requested) == expected
