@@ -22,8 +22,7 @@ Sub-commands::
 
 Errors of this plugin print one ``error:`` line and exit with status 2; anything else is a bug and keeps its
 traceback. This module only dispatches: each group of sub-commands (its parsers and handlers) is a module of
-:mod:`lrs_plugin.commands` (``data``, ``results``, ``testbed``, ``checkpoints``); ``leaderboard`` is
-:mod:`lrs_plugin.leaderboard.submit`'s.
+:mod:`lrs_plugin.commands` (``data``, ``results``, ``testbed``, ``checkpoints``, ``leaderboard``).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lrs_plugin.commands import checkpoints, data, results, testbed
+from lrs_plugin.commands import checkpoints, data, leaderboard, results, testbed
 from lrs_plugin.errors import LrsPluginError
 
 __all__ = ["main", "build_parser"]
@@ -47,16 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (data, results, testbed, checkpoints):
         group.add_parsers(sub)
-    from lrs_plugin.leaderboard.submit import add_cli as _add_leaderboard
-
-    _add_leaderboard(sub)
+    leaderboard.add_cli(sub)
     return parser
-
-
-def _leaderboard(args: argparse.Namespace) -> int:
-    from lrs_plugin.leaderboard.submit import run_cli
-
-    return run_cli(args)
 
 
 _HANDLERS = {
@@ -70,7 +61,7 @@ _HANDLERS = {
     "train-rfm": checkpoints.run_train_rfm,
     "visualize": checkpoints.run_visualize,
     "convert": checkpoints.run_convert,
-    "leaderboard": _leaderboard,
+    "leaderboard": leaderboard.run_cli,
 }
 
 
