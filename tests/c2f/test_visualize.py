@@ -8,10 +8,8 @@ import numpy as np
 from PIL import Image
 
 
-def test_visualize_command_draws_one_panel_per_level(tmp_path):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    checkpoint = build_tiny_llava(tmp_path / "ckpt", arch="llava_next", lm="qwen2", text_layers=4)
+def test_visualize_command_draws_one_panel_per_level(tmp_path, make_tiny_checkpoint):
+    checkpoint = make_tiny_checkpoint("llava_next", "qwen2", text_layers=4)
     pixels = np.full((600, 900, 3), 120, np.uint8)
     pixels[250:300, 500:560] = (250, 20, 20)
     Image.fromarray(pixels).save(tmp_path / "scene.png")
@@ -54,3 +52,4 @@ def test_visualize_command_draws_one_panel_per_level(tmp_path):
     assert (120, 120, 120) in colours  # the image shows through the heat map
     assert (pixels[:34] < 100).any()  # header text
     assert len({tuple(p) for p in np.unique(pixels[-34:].reshape(-1, 3), axis=0)}) > 20  # the colour bar
+

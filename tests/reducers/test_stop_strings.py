@@ -8,11 +8,8 @@ up to the token with which the stop string first appears, and no token after it.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lrs_plugin.backbone import language
 from lrs_plugin.backbone.stops import cut_at_stop
@@ -29,10 +26,8 @@ MAX_NEW = 16
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("stop_img")) / "a.png"
-    Image.fromarray(np.random.default_rng(4).integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def image_path(make_image_file) -> str:
+    return str(make_image_file(150, 230, seed=4, high=255))
 
 
 @pytest.fixture
