@@ -5,7 +5,10 @@ loaded with transformers' ``from_pretrained`` (:class:`lrs_plugin.backbone.Backb
 selected reducer (:mod:`lrs_plugin.reducers.base`). The image is whatever the task's ``doc_to_visual`` returns (a lazy
 or eager PIL image, a path, an array, or a list of one), read through one :class:`lrs_plugin.imagery.LargeImage` for
 every reducer, so any lmms-eval image task works; a request without an image is answered text-only. Questions on the
-same image file are answered in a row so each file is decoded once. Generation stops at the task's ``until`` stop
+same image file are answered in a row (requests are sorted by ``image_path``, answers returned in the request order,
+as lmms-eval's own models reorder with a Collator) so each file is decoded once, and, with ``reuse=true`` (default),
+a question-independent reducer computes the KV cache of the prompt up to the last image token once per image
+(:mod:`lrs_plugin.backbone.prefix_cache`). Generation stops at the task's ``until`` stop
 strings (:mod:`lrs_plugin.backbone.stops`). Each answer's :class:`~lrs_plugin.harness.record.SampleRecord` (vision
 tokens encoded / sent to the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through
 :data:`lrs_plugin.harness.record.STORE`, and its means to lmms-eval's ``results["throughput"]`` for every task
@@ -99,7 +102,7 @@ class C2FLlava(lmms):
             tile_batch_size=s.tile_batch_size,
             vision_dtype=s.vision_dtype,
         )
-        self.reducer = build_reducer(s.reducer, self.backbone, s.reducer_options)
+        self.reducer = build_reducer(s.reducer, self.backbone, s.reducer_options, reuse=s.reuse)
         self.images = ImageCache(max_open=s.image_cache)
         self.dims = ModelDims.from_config(self.backbone.config)
         self._warned_sampling = False

@@ -245,6 +245,12 @@ class SampleRecord:
     """Whether the method's token budget was reached (``random``; FastV / PDrop with a ``budget``)."""
     max_tiles: int | None = None
     """The anyres-pN tile limit the tokens were encoded under, when one is set."""
+    prefix_reused: bool | None = None
+    """With prefix reuse (``reuse=true``, a question-independent reducer): whether the keys / values of the prompt up
+    to the last image token came from an earlier question on the same image (``False``: computed for this one)."""
+    prefix_tokens_reused: int | None = None
+    """LLM input positions whose keys / values were reused (``0`` when computed): the prefill computed
+    ``llm_input_len - prefix_tokens_reused`` positions. TFLOPs keep counting the whole prompt (the paper's rule)."""
     visionzip: VisionZipKnobs | None = None
     """VisionZip's settings."""
     prumerge: PruMergeKnobs | None = None

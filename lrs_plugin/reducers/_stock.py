@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.backbone.prefix_cache import PrefixCache
     from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["LastImage", "PlainVision", "PreLLMReducer", "answer_plain"]
@@ -116,16 +117,26 @@ def answer_plain(
     stop_strings: Sequence[str] | None = None,
     max_tiles: int | None = None,
     record: SampleRecord | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> ReducerOutput:
     """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and record the standard counts.
 
     Shared by every reducer that shortens the vision sequence before the LLM. ``record`` holds the method's own
     fields (focus recall, knobs), completed here with the counts; ``max_tiles`` (an anyres-pN limit the tokens were
-    encoded under) is recorded when set.
+    encoded under) is recorded when set. With a ``prefix_cache``, the prompt up to the last image token (system text,
+    ``USER:`` header, image tokens) is computed once and reused by the next question with the same prefix
+    (:mod:`lrs_plugin.backbone.prefix_cache`); the record says whether it was (``prefix_reused``,
+    ``prefix_tokens_reused``).
     """
     prefix, suffix = backbone.split_prompt(question)
-    embeds, _ = backbone.assemble(prefix, vision, suffix)
-    out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+    embeds, span = backbone.assemble(prefix, vision, suffix)
+    reuse: dict[str, Any] = {}
+    if prefix_cache is None:
+        out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+    else:
+        with prefix_cache.extend(embeds, span.stop) as hit:
+            out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, cache=hit.cache)
+        reuse = {"prefix_reused": hit.reused, "prefix_tokens_reused": hit.length if hit.reused else 0}
     filled = dataclasses.replace(
         record or SampleRecord(),
         tiles_encoded=tiles,
@@ -135,6 +146,7 @@ def answer_plain(
         new_tokens=out.num_new_tokens,
         focus_passes=[],
         max_tiles=None if max_tiles is None else int(max_tiles),
+        **reuse,
     )
     return ReducerOutput(text=out.text, record=filled)
 
@@ -145,12 +157,36 @@ class PreLLMReducer:
     Subclasses set :attr:`backbone`, :attr:`vision` (a :class:`PlainVision`, or a :class:`LastImage` whose ``get``
     returns ``(tokens [N, C], tiles, ...)``) and :attr:`max_tiles`; they override :meth:`vision_for` to change the
     cached tokens per question or to record more (e.g. the focus recall of the question's ``doc``).
+
+    Their vision tokens depend on the image (and the method's settings, a seed included) only, never on the question:
+    :attr:`question_independent` says so, and :meth:`reuse_prefix` lets the questions on one image share the KV cache
+    of the prompt up to the last image token.
     """
 
     stage = "pre_llm"
+    question_independent: ClassVar[bool] = True
     backbone: Backbone
     vision: PlainVision | LastImage
     max_tiles: int | None = None
+    prefix_cache: PrefixCache | None = None
+
+    def reuse_prefix(self, enabled: bool) -> bool:
+        """Turn prefix reuse on or off; ``True`` when it is now on.
+
+        It stays off on a decoder with sliding-window layers (:func:`~lrs_plugin.backbone.prefix_cache.
+        supports_prefix_reuse`): their cache cannot be cropped back to the prefix.
+
+        Raises:
+            ConfigError: ``enabled`` is not a bool.
+        """
+        from lrs_plugin.backbone.prefix_cache import PrefixCache, supports_prefix_reuse
+        from lrs_plugin.errors import ConfigError
+
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"reuse must be true or false; got {enabled!r}")
+        on = enabled and supports_prefix_reuse(self.backbone.language_model.config)
+        self.prefix_cache = PrefixCache(self.backbone) if on else None
+        return on
 
     def vision_for(
         self, image: LargeImage, doc: Mapping[str, Any] | None = None
@@ -180,8 +216,11 @@ class PreLLMReducer:
             stop_strings=stop_strings,
             max_tiles=self.max_tiles,
             record=record,
+            prefix_cache=self.prefix_cache,
         )
 
     def close(self) -> None:
-        """Forget the last image's vision tokens."""
+        """Forget the last image's vision tokens and prompt prefix."""
         self.vision.clear()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
