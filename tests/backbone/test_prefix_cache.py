@@ -103,7 +103,7 @@ def test_positions_and_masks_are_those_of_a_whole_prompt_forward(load, image, va
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     assert torch.equal(_allowed(whole.calls[0][1], causal), causal)
     assert torch.equal(_allowed(split.calls[0][1], causal[p:]), causal[p:])
-    for step, ((_, a), (_, b)) in enumerate(zip(whole.calls[1:], split.calls[1:])):
+    for step, ((_, a), (_, b)) in enumerate(zip(whole.calls[1:], split.calls[1:], strict=True)):
         row = torch.ones(1, length + step + 1, dtype=torch.bool)
         assert torch.equal(_allowed(a, row), row) and torch.equal(_allowed(b, row), row)
 
@@ -134,7 +134,9 @@ def test_each_question_extends_the_shared_prefix_and_leaves_it_bit_for_bit(load,
             answers.append(bb.generate(embeds, max_new_tokens=4, cache=hit.cache).new_token_ids)
             assert hit.cache.get_seq_length() > p  # generate extended it
         after = _snapshot(hit.cache)
-        assert all(torch.equal(k0, k1) and torch.equal(v0, v1) for (k0, v0), (k1, v1) in zip(before, after))
+        assert all(
+            torch.equal(k0, k1) and torch.equal(v0, v1) for (k0, v0), (k1, v1) in zip(before, after, strict=True)
+        )
     fresh = [bb.generate(_inputs(bb, image, q)[0], max_new_tokens=4).new_token_ids for q in QUESTIONS]
     assert answers == fresh + fresh
 
@@ -150,7 +152,11 @@ def test_a_failure_inside_the_block_leaves_the_prefix_as_it_was(load, image):
         raise RuntimeError("boom")
     with cache.extend(embeds, p) as hit:
         assert hit.reused and hit.cache.get_seq_length() == p
-        assert all(torch.equal(a, b) for pair in zip(before, _snapshot(hit.cache)) for a, b in zip(*pair))
+        assert all(
+            torch.equal(a, b)
+            for pair in zip(before, _snapshot(hit.cache), strict=True)
+            for a, b in zip(*pair, strict=True)
+        )
 
 
 def test_another_prefix_is_computed_again_and_replaces_the_kept_one(load, image, make_image):

@@ -81,12 +81,12 @@ def _answers(
     finally:
         reducer.close()
         del bb.generate
-    return [(o.text, o.record, i) for o, i in zip(outs, ids)]
+    return [(o.text, o.record, i) for o, i in zip(outs, ids, strict=True)]
 
 
 def _check_same_answers(cold: list, warm: list) -> None:
     assert [(t, i) for t, _, i in warm] == [(t, i) for t, _, i in cold]
-    for (_, c, _), (_, w, _) in zip(cold, warm):
+    for (_, c, _), (_, w, _) in zip(cold, warm, strict=True):
         assert c.prefix_reused is None and c.prefix_tokens_reused is None  # reuse off: not recorded
         rest = {k: v for k, v in w.to_dict().items() if k not in REUSE_KEYS}
         assert rest == c.to_dict()  # every other figure (tokens, TFLOPs inputs, recall) unchanged
