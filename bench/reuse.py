@@ -1,0 +1,183 @@
+"""Prefix reuse across the questions on one image: wall time per question and LLM tokens computed, with and without.
+
+One run on synthetic LRS-VQA data (:func:`lrs_plugin.data.synthetic.lrs_vqa.write_lrs_vqa`'s layout and questions;
+its KB-size images are upscaled ``--scale`` times, as LRS-VQA's are large, so that anyres grids fill up) with
+``--questions`` questions per image (the image's own, then others of its subset), on a tiny random LLaVA-NeXT
+(Qwen2) at CLIP-L/336 tile geometry (336-px tiles of 14-px patches: 576 tokens a tile) with tiny widths, on the CPU.
+For every reducer whose vision tokens do not depend on the question, each image's questions are asked in a row by a
+reducer built with ``reuse=False`` (cold: the whole prompt is prefilled per question) and one built with
+``reuse=True``, alternately ``--repeats`` times, side by side in this process. Both keep the image's vision tokens
+(decoded and encoded at its first question), so the difference is the LLM prefill of the prompt head and image
+tokens. Times are medians over the repeats; ``first`` is an image's first question (decode + encode + prefill),
+``later`` the others; ``s/q`` is the mean over all questions.
+
+    python bench/reuse.py [--images 3] [--questions 6] [--repeats 3] [--json]
+
+``--json`` prints one line: ``{"anyres": {"cold_s_per_q", "reuse_s_per_q", "speedup"}, ..., "answers_identical":
+bool, "peak_rss_mb": float}`` (one entry per reducer; ``answers_identical``: every answer, token for token, is the
+same with and without reuse). Absolute times mean little on tiny widths; the ratios are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from lrs_plugin.backbone.adapter import Backbone
+from lrs_plugin.backbone.tiny import build_tiny_llava
+from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
+from lrs_plugin.imagery.large_image import open_image
+from lrs_plugin.reducers.registry import build_reducer, question_independent_reducers, reducer_spec
+
+TILE, PATCH = 336, 14  # CLIP-L/336
+WIDTHS = {"text_hidden": 128, "text_intermediate": 256, "text_heads": 4, "text_kv_heads": 2}
+OPTIONS: dict[str, dict[str, Any]] = {
+    "none": {},  # the checkpoint's grids: up to 2x2 / 1x3 tiles + the base image
+    "anyres": {"max_tiles": 9},  # anyres-p9: up to 3x3 tiles + the base image
+    "downsample": {"max_pixels": 672 * 672},
+    "visionzip": {"dominant": 54, "contextual": 10},  # 64 of 576 tokens per tile
+    "prumerge": {},  # PruMerge+, adaptive
+    "random": {"budget": 576, "seed": 0},
+}
+
+
+def _data(root: Path, n_images: int, per_image: int, scale: int) -> list[tuple[str, list[str]]]:
+    """``(image path, questions)`` of ``n_images`` images, each upscaled ``scale`` times."""
+    tree = write_lrs_vqa(root, seed=0, bomb_image=False)
+    rows = [json.loads(line) for line in (tree / "LRS_VQA" / "LRS_VQA_merged.jsonl").read_text().splitlines()]
+    by_image: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        by_image[row["image"]].append(row["text"])
+    out = []
+    for name in sorted(by_image)[:n_images]:
+        subset = [r["text"] for r in rows if r["question_id"].split("_")[0] == name_subset(rows, name)]
+        questions = list(dict.fromkeys(by_image[name] + subset))[:per_image]
+        with Image.open(tree / name) as image:
+            big = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC)
+        path = root / f"{Path(name).stem}_x{scale}.png"
+        big.save(path)
+        out.append((str(path), questions))
+    return out
+
+
+def name_subset(rows: list[dict[str, Any]], image: str) -> str:
+    """The subset (``question_id`` prefix) of ``image``'s questions."""
+    return next(r["question_id"].split("_")[0] for r in rows if r["image"] == image)
+
+
+def _ask(bb: Backbone, name: str, data: list[tuple[str, list[str]]], *, reuse: bool) -> list[dict[str, Any]]:
+    """One reducer over every image's questions in a row: per question its time, answer and token counts."""
+    ids: list[tuple[int, ...]] = []
+    original = bb.generate
+
+    def spy(inputs_embeds: Any, **kwargs: Any) -> Any:
+        out = original(inputs_embeds, **kwargs)
+        ids.append(out.new_token_ids)
+        return out
+
+    bb.generate = spy  # type: ignore[method-assign]
+    reducer = build_reducer(name, bb, dict(OPTIONS.get(name, {})), reuse=reuse)
+    rows = []
+    try:
+        for path, questions in data:
+            with open_image(path) as image:
+                for k, question in enumerate(questions):
+                    t0 = time.perf_counter()
+                    out = reducer.answer(image, question, doc={}, max_new_tokens=8)
+                    seconds = time.perf_counter() - t0
+                    r = out.record
+                    computed = r.llm_input_len - (r.prefix_tokens_reused or 0)
+                    rows.append({"first": k == 0, "s": seconds, "text": out.text, "ids": ids[-1], "computed": computed})
+    finally:
+        reducer.close()
+        del bb.generate
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table (or, with ``--json``, one line)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--questions", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scale", type=int, default=6)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    results: dict[str, Any] = {}
+    identical = True
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = _data(root / "lrs", args.images, args.questions, args.scale)
+        ckpt = build_tiny_llava(
+            root / "ckpt", arch="llava_next", lm="qwen2", image_size=TILE, patch_size=PATCH, widths=WIDTHS
+        )
+        bb = Backbone.from_pretrained(ckpt, dtype="float32", attn_implementation="sdpa")
+        names = [n for n in question_independent_reducers() if bb.arch in reducer_spec(n).archs]
+        lines = []
+        for name in names:
+            runs: dict[bool, list[list[dict[str, Any]]]] = {False: [], True: []}
+            for _ in range(args.repeats):
+                for reuse in (False, True):
+                    runs[reuse].append(_ask(bb, name, data, reuse=reuse))
+            answers = {reuse: [(q["text"], q["ids"]) for q in runs[reuse][0]] for reuse in runs}
+            identical &= all([(q["text"], q["ids"]) for q in run] == answers[False] for r in runs.values() for run in r)
+            row: dict[str, Any] = {}
+            for reuse, label in ((False, "cold"), (True, "reuse")):
+                per_q = [statistics.median(run[i]["s"] for run in runs[reuse]) for i in range(len(runs[reuse][0]))]
+                first = [s for s, q in zip(per_q, runs[reuse][0], strict=True) if q["first"]]
+                later = [s for s, q in zip(per_q, runs[reuse][0], strict=True) if not q["first"]]
+                computed = [q["computed"] for q in runs[reuse][0]]
+                row[label] = {
+                    "s_per_q": statistics.fmean(per_q),
+                    "first_s": statistics.fmean(first),
+                    "later_s": statistics.fmean(later),
+                    "tokens_first": statistics.fmean(
+                        c for c, q in zip(computed, runs[reuse][0], strict=True) if q["first"]
+                    ),
+                    "tokens_later": statistics.fmean(
+                        c for c, q in zip(computed, runs[reuse][0], strict=True) if not q["first"]
+                    ),
+                }
+            cold, warm = row["cold"], row["reuse"]
+            results[name] = {
+                "cold_s_per_q": round(cold["s_per_q"], 4),
+                "reuse_s_per_q": round(warm["s_per_q"], 4),
+                "speedup": round(cold["s_per_q"] / warm["s_per_q"], 3),
+            }
+            lines.append(
+                f"{name:<11}"
+                + "".join(
+                    f"{r['first_s']:>9.3f}{r['later_s']:>9.3f}{r['s_per_q']:>9.3f}{r['tokens_first']:>8.0f}"
+                    f"{r['tokens_later']:>8.0f}"
+                    for r in (cold, warm)
+                )
+                + f"{cold['later_s'] / warm['later_s']:>9.2f}{cold['s_per_q'] / warm['s_per_q']:>9.2f}"
+            )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        print(json.dumps({**results, "answers_identical": identical, "peak_rss_mb": round(peak_mb, 1)}))
+        return 0
+    print(
+        f"tiny LLaVA-NeXT (Qwen2) at CLIP-L/336 tiles, {args.images} synthetic LRS-VQA images x{args.scale}, "
+        f"{args.questions} questions each, median of {args.repeats} side-by-side repeats (seconds; tokens = LLM prompt "
+        "positions computed per question)"
+    )
+    head = "".join(f"{h:>9}" for h in ("first_s", "later_s", "s/q")) + f"{'tok_1st':>8}{'tok_later':>8}"
+    print(f"{'':<11}{'--- cold (reuse=false) ':-<43}{' reuse=true ':-<43}{'speedup':>18}")
+    print(f"{'reducer':<11}{head}{head}{'later':>9}{'s/q':>9}")
+    print("\n".join(lines))
+    print(f"answers identical with and without reuse: {identical}; peak RSS {peak_mb:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
