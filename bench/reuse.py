@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                 + f"{cold['later_s'] / warm['later_s']:>9.2f}{cold['s_per_q'] / warm['s_per_q']:>9.2f}"
             )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = json.dumps({**results, "answers_identical": identical, "peak_rss_mb": round(peak_mb, 1)})
     if args.json:
-        print(json.dumps({**results, "answers_identical": identical, "peak_rss_mb": round(peak_mb, 1)}))
+        print(summary)
         return 0
     print(
         f"tiny LLaVA-NeXT (Qwen2) at CLIP-L/336 tiles, {args.images} synthetic LRS-VQA images x{args.scale}, "
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'reducer':<11}{head}{head}{'later':>9}{'s/q':>9}")
     print("\n".join(lines))
     print(f"answers identical with and without reuse: {identical}; peak RSS {peak_mb:.0f} MB")
+    print(f"--json: {summary}")
     return 0
 
 
