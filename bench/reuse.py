@@ -1,21 +1,23 @@
-"""Prefix reuse across the questions on one image: wall time per question and LLM tokens computed, with and without.
+"""Reuse across the questions on one image: wall time per question, LLM tokens and tiles computed, with and without.
 
 One run on synthetic LRS-VQA data (:func:`lrs_plugin.data.synthetic.lrs_vqa.write_lrs_vqa`'s layout and questions;
 its KB-size images are upscaled ``--scale`` times, as LRS-VQA's are large, so that anyres grids fill up) with
 ``--questions`` questions per image (the image's own, then others of its subset), on a tiny random LLaVA-NeXT
 (Qwen2) at CLIP-L/336 tile geometry (336-px tiles of 14-px patches: 576 tokens a tile) with tiny widths, on the CPU.
-For every reducer whose vision tokens do not depend on the question, each image's questions are asked in a row by a
-reducer built with ``reuse=False`` (cold: the whole prompt is prefilled per question) and one built with
-``reuse=True``, alternately ``--repeats`` times, side by side in this process. Both keep the image's vision tokens
-(decoded and encoded at its first question), so the difference is the LLM prefill of the prompt head and image
-tokens. Times are medians over the repeats; ``first`` is an image's first question (decode + encode + prefill),
+For every reducer that can share work across the questions on one image, each image's questions are asked in a row
+by a reducer built with ``reuse=False`` and one built with ``reuse=True``, alternately ``--repeats`` times, side by
+side in this process. The question-independent reducers keep an image's vision tokens either way (decoded and
+encoded at its first question), so for them the difference is the LLM prefill of the prompt head and image tokens
+(prefix reuse); C2F reuses its thumbnail and base-level tile features (its zoomed tiles and its prompt depend on the
+question). Times are medians over the repeats; ``first`` is an image's first question (decode + encode + prefill),
 ``later`` the others; ``s/q`` is the mean over all questions.
 
-    python bench/reuse.py [--images 3] [--questions 6] [--repeats 3] [--json]
+    python bench/reuse.py [--images 3] [--questions 6] [--repeats 3] [--reducers anyres,c2f] [--json]
 
-``--json`` prints one line: ``{"anyres": {"cold_s_per_q", "reuse_s_per_q", "speedup"}, ..., "answers_identical":
-bool, "peak_rss_mb": float}`` (one entry per reducer; ``answers_identical``: every answer, token for token, is the
-same with and without reuse). Absolute times mean little on tiny widths; the ratios are the point.
+``--json`` prints one line: ``{"anyres": {"cold_s_per_q", "reuse_s_per_q", "speedup"}, ..., "c2f": {...,
+"cold_tiles_per_q", "reuse_tiles_per_q"}, "answers_identical": bool, "peak_rss_mb": float}`` (one entry per reducer;
+``answers_identical``: every answer, token for token, is the same with and without reuse). Absolute times mean little
+on tiny widths; the ratios are the point.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from lrs_plugin.backbone.adapter import Backbone
 from lrs_plugin.backbone.tiny import build_tiny_llava
 from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
 from lrs_plugin.imagery.large_image import open_image
-from lrs_plugin.reducers.registry import build_reducer, question_independent_reducers, reducer_spec
+from lrs_plugin.reducers.registry import available_reducers, build_reducer, reducer_spec
 
 TILE, PATCH = 336, 14  # CLIP-L/336
 WIDTHS = {"text_hidden": 128, "text_intermediate": 256, "text_heads": 4, "text_kv_heads": 2}
@@ -47,6 +49,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "visionzip": {"dominant": 54, "contextual": 10},  # 64 of 576 tokens per tile
     "prumerge": {},  # PruMerge+, adaptive
     "random": {"budget": 576, "seed": 0},
+    "c2f": {"focus": "llm_attention", "focus_options": {"layer": 1}},  # reuses its thumbnail + base-level features
 }
 
 
@@ -96,7 +99,11 @@ def _ask(bb: Backbone, name: str, data: list[tuple[str, list[str]]], *, reuse: b
                     seconds = time.perf_counter() - t0
                     r = out.record
                     computed = r.llm_input_len - (r.prefix_tokens_reused or 0)
-                    rows.append({"first": k == 0, "s": seconds, "text": out.text, "ids": ids[-1], "computed": computed})
+                    tiles = r.tiles_encoded - (r.tiles_reused or 0)
+                    rows.append(
+                        {"first": k == 0, "s": seconds, "text": out.text, "ids": ids[-1], "computed": computed}
+                        | {"tiles": tiles}
+                    )
     finally:
         reducer.close()
         del bb.generate
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=int, default=6)
+    ap.add_argument("--reducers", default="", help="comma-separated subset (default: every reducer that reuses)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     results: dict[str, Any] = {}
@@ -121,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             root / "ckpt", arch="llava_next", lm="qwen2", image_size=TILE, patch_size=PATCH, widths=WIDTHS
         )
         bb = Backbone.from_pretrained(ckpt, dtype="float32", attn_implementation="sdpa")
-        names = [n for n in question_independent_reducers() if bb.arch in reducer_spec(n).archs]
+        names = [n for n in available_reducers() if reducer_spec(n).reusable and bb.arch in reducer_spec(n).archs]
+        if args.reducers:
+            names = [n for n in names if n in args.reducers.split(",")]
         lines = []
         for name in names:
             runs: dict[bool, list[list[dict[str, Any]]]] = {False: [], True: []}
@@ -146,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     "tokens_later": statistics.fmean(
                         c for c, q in zip(computed, runs[reuse][0], strict=True) if not q["first"]
                     ),
+                    "tiles_per_q": statistics.fmean(q["tiles"] for q in runs[reuse][0]),
                 }
             cold, warm = row["cold"], row["reuse"]
             results[name] = {
@@ -153,11 +164,16 @@ def main(argv: list[str] | None = None) -> int:
                 "reuse_s_per_q": round(warm["s_per_q"], 4),
                 "speedup": round(cold["s_per_q"] / warm["s_per_q"], 3),
             }
+            if name == "c2f":  # the other reducers keep their vision tokens per image either way
+                results[name] |= {
+                    "cold_tiles_per_q": round(cold["tiles_per_q"], 3),
+                    "reuse_tiles_per_q": round(warm["tiles_per_q"], 3),
+                }
             lines.append(
                 f"{name:<11}"
                 + "".join(
                     f"{r['first_s']:>9.3f}{r['later_s']:>9.3f}{r['s_per_q']:>9.3f}{r['tokens_first']:>8.0f}"
-                    f"{r['tokens_later']:>8.0f}"
+                    f"{r['tokens_later']:>8.0f}{r['tiles_per_q']:>8.2f}"
                     for r in (cold, warm)
                 )
                 + f"{cold['later_s'] / warm['later_s']:>9.2f}{cold['s_per_q'] / warm['s_per_q']:>9.2f}"
@@ -170,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"tiny LLaVA-NeXT (Qwen2) at CLIP-L/336 tiles, {args.images} synthetic LRS-VQA images x{args.scale}, "
         f"{args.questions} questions each, median of {args.repeats} side-by-side repeats (seconds; tokens = LLM prompt "
-        "positions computed per question)"
+        "positions computed per question; tiles/q = tiles the vision tower ran per question)"
     )
-    head = "".join(f"{h:>9}" for h in ("first_s", "later_s", "s/q")) + f"{'tok_1st':>8}{'tok_later':>8}"
-    print(f"{'':<11}{'--- cold (reuse=false) ':-<43}{' reuse=true ':-<43}{'speedup':>18}")
+    head = "".join(f"{h:>9}" for h in ("first_s", "later_s", "s/q")) + "".join(
+        f"{h:>8}" for h in ("tok_1st", "tok_lat", "tiles/q")
+    )
+    print(f"{'':<11}{'--- cold (reuse=false) ':-<51}{' reuse=true ':-<51}{'speedup':>18}")
     print(f"{'reducer':<11}{head}{head}{'later':>9}{'s/q':>9}")
     print("\n".join(lines))
     print(f"answers identical with and without reuse: {identical}; peak RSS {peak_mb:.0f} MB")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.c2f.features import ImageFeatures
     from lrs_plugin.focus.scorers import FocusScorer
     from lrs_plugin.imagery.large_image import LargeImage
 
@@ -140,7 +141,14 @@ class _Grid:
 class _Session:
     """What one image + question shares across the passes: pyramid, prompt pieces, thumbnail, encoder plumbing."""
 
-    def __init__(self, backbone: Backbone, image: LargeImage, question: str, config: C2FConfig) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        image: LargeImage,
+        question: str,
+        config: C2FConfig,
+        features: ImageFeatures | None = None,
+    ) -> None:
         import torch
 
         from lrs_plugin.c2f.pyramid import build_pyramid
@@ -152,9 +160,16 @@ class _Session:
         prefix_ids, suffix_ids = backbone.split_prompt(question)
         self.prefix, self.suffix = backbone.embed_ids(prefix_ids), backbone.embed_ids(suffix_ids)
         head = [self.prefix]
-        self.tiles_encoded = 0
+        self.tiles_encoded = self.tiles_reused = 0
+        self.features = features
+        self.kept = None if features is None else features.get(image.key)
+        self.thumbnail: torch.Tensor | None = None
         if config.thumbnail:
-            head.append(self._encode(self._render_thumbnail(), pool=False)[0])
+            if self.kept is None:
+                self.thumbnail = self._encode(self._render_thumbnail(), pool=False)[0]
+            else:
+                self.thumbnail = self.kept.thumbnail
+            head.append(self.thumbnail)
         self.thumbnail_tokens = head[-1].shape[0] if config.thumbnail else 0
         if config.separator is not None:
             head.append(backbone.embed_ids(torch.tensor([_separator_id(backbone, config.separator)])))
@@ -207,6 +222,19 @@ class _Session:
         content_wh = (rw, rh) if zoomed else (w, h)  # method.md §9.5: base grid uses the source size
         embeds, mask, shape = build_level_grid(feats, tiles, level.grid_hw, content_wh, self.newline)
         return _Grid(level_index, embeds, mask, shape, grid_newline_indices(shape, self.newline is not None), tiles)
+
+    def base_grid(self) -> _Grid:
+        """The base level's grid (every tile): the image's kept features when it has some, else encoded and kept."""
+        from lrs_plugin.c2f.features import BaseFeatures
+
+        if self.kept is not None:
+            self.tiles_encoded += self.kept.tiles
+            self.tiles_reused += self.kept.tiles
+            return self.kept.base_grid
+        grid = self.grid(0, _all_tiles(self, 0), zoomed=False)
+        if self.features is not None:
+            self.features.put(self.image.key, BaseFeatures(self.thumbnail, grid, self.tiles_encoded))
+        return grid
 
     def sequence(self, grid_tokens: torch.Tensor) -> tuple[torch.Tensor, slice]:
         """``[1, L, C]`` = prefix | thumbnail | separator | grid tokens | suffix, and the grid's span."""
@@ -294,6 +322,7 @@ def run_c2f(
     max_new_tokens: int,
     stop_strings: Sequence[str] | None = None,
     return_inputs_embeds: bool = False,
+    features: ImageFeatures | None = None,
 ) -> C2FResult:
     """Answer ``question`` about ``image`` with coarse-to-fine pruning (method.md §11).
 
@@ -307,6 +336,8 @@ def run_c2f(
         max_new_tokens: Greedy decoding limit.
         stop_strings: Strings that end generation (the task's ``until``; see :meth:`Backbone.generate`).
         return_inputs_embeds: Keep the final ``[1, L, C]`` LLM input in the result.
+        features: The image's question-independent features kept across questions (thumbnail, base grid;
+            :mod:`lrs_plugin.c2f.features`): used when they are this image's, else computed and kept there.
 
     Returns:
         The answer, the LLM input length and its record (per-level and total figures).
@@ -319,13 +350,13 @@ def run_c2f(
     from lrs_plugin.c2f.grid import select_tiles
 
     cfg = config or C2FConfig()
-    session = _Session(backbone, image, question, cfg)
+    session = _Session(backbone, image, question, cfg, features)
     path = zoom_path(session.pyramid, cfg.num_zoom_steps)
     if len(session.pyramid.levels) == 1 and session.pyramid.levels[0].num_tiles == 1:
         path = path[:1]  # one tile (an image under one tile side): nothing to zoom into, as in the released slice mode
     passes: list[FocusPass] = []
     levels: list[C2FLevel] = []
-    grid = session.grid(0, _all_tiles(session, 0), zoomed=False)
+    grid = session.base_grid()
     for next_index in path[1:]:
         scores = _score(session, focus, grid, _context(session, grid, doc), passes)
         k = int(cfg.select_ratio * int(grid.mask.sum()))
@@ -365,6 +396,7 @@ def run_c2f(
     out = backbone.generate(seq, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
     record = SampleRecord(
         tiles_encoded=session.tiles_encoded,
+        tiles_reused=None if features is None else session.tiles_reused,
         vision_tokens_encoded=session.tiles_encoded * backbone.tokens_per_tile,
         vision_tokens_to_llm=session.thumbnail_tokens + int(keep.numel()),
         llm_input_len=int(seq.shape[1]),

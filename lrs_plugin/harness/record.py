@@ -221,6 +221,9 @@ class SampleRecord:
 
     tiles_encoded: int | None = None
     """Tiles the vision tower encoded (LLaVA-NeXT: anyres grid + base image; C2F: thumbnail + pyramid tiles)."""
+    tiles_reused: int | None = None
+    """With feature reuse (``reuse=true``, C2F): tiles among ``tiles_encoded`` whose features came from an earlier
+    question on the same image (thumbnail + base level); the vision tower ran on ``tiles_encoded - tiles_reused``."""
     vision_tokens_encoded: int | None = None
     """``tiles_encoded`` times the tokens of one tile."""
     vision_tokens_to_llm: int | None = None

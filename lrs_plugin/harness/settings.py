@@ -12,8 +12,9 @@ lmms-eval hands values over as ``bool`` / ``int`` / ``float`` / ``str`` (``None`
   ``max_new_tokens`` (overrides the task's value, for quick runs), ``image_cache`` (image files kept open at once,
   default 1: questions are answered grouped by image, so each file is decoded once; it changes no answer), ``reuse``
   (default ``true``: for the reducers whose vision tokens do not depend on the question, the KV cache of the prompt up
-  to the last image token is computed once per image and extended per question, :mod:`lrs_plugin.backbone.prefix_cache`;
-  ``false`` recomputes it for every question; it changes no answer);
+  to the last image token is computed once per image and extended per question, :mod:`lrs_plugin.backbone.prefix_cache`,
+  and C2F encodes its thumbnail and base level once per image, :mod:`lrs_plugin.c2f.features`; ``false`` recomputes
+  them for every question; it changes no answer);
 * resume (:mod:`lrs_plugin.harness.resume`): ``resume_dir`` (folder where each finished answer is saved at once, so
   a killed run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir``
   set), ``resume_strict`` (``true`` stops the run when the store cannot be written; default ``false``: one warning, the
@@ -88,7 +89,8 @@ class ModelSettings:
     # Overrides the task's max_new_tokens when set.
     max_new_tokens: int | None = field(default=None, metadata=_answer(True, "it cuts or lengthens the answer"))
     # Questions on one image share the KV cache of the prompt up to the last image token (question-independent
-    # reducers: none, anyres, downsample, visionzip, prumerge, random); false recomputes it for every question.
+    # reducers: none, anyres, downsample, visionzip, prumerge, random) and C2F's thumbnail and base-level features;
+    # false recomputes them for every question.
     reuse: bool = field(
         default=True,
         metadata=_answer(

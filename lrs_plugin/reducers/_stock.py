@@ -159,7 +159,7 @@ class PreLLMReducer:
     cached tokens per question or to record more (e.g. the focus recall of the question's ``doc``).
 
     Their vision tokens depend on the image (and the method's settings, a seed included) only, never on the question:
-    :attr:`question_independent` says so, and :meth:`reuse_prefix` lets the questions on one image share the KV cache
+    :attr:`question_independent` says so, and :meth:`set_reuse` lets the questions on one image share the KV cache
     of the prompt up to the last image token.
     """
 
@@ -170,11 +170,11 @@ class PreLLMReducer:
     max_tiles: int | None = None
     prefix_cache: PrefixCache | None = None
 
-    def reuse_prefix(self, enabled: bool) -> bool:
+    def set_reuse(self, enabled: bool) -> bool:
         """Turn prefix reuse on or off; ``True`` when it is now on.
 
-        It stays off on a decoder with sliding-window layers (:func:`~lrs_plugin.backbone.prefix_cache.
-        supports_prefix_reuse`): their cache cannot be cropped back to the prefix.
+        It stays off on a decoder with sliding-window layers
+        (:func:`~lrs_plugin.backbone.prefix_cache.supports_prefix_reuse`): their cache cannot be cropped back.
 
         Raises:
             ConfigError: ``enabled`` is not a bool.

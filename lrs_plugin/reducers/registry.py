@@ -27,8 +27,10 @@ class ReducerSpec:
     """A registered reducer: its name, stage, supported architectures and ``factory(backbone, **options)``.
 
     ``question_independent`` is the factory's own ``question_independent`` attribute (``False`` when it has none):
-    the reducer's vision tokens depend on the image and its settings only, and it offers ``reuse_prefix(enabled)``
-    (:class:`~lrs_plugin.reducers._stock.PreLLMReducer`).
+    the reducer's vision tokens depend on the image and its settings only, so the questions on one image can share
+    the KV cache of the prompt up to the last image token (:class:`~lrs_plugin.reducers._stock.PreLLMReducer`).
+    ``reusable``: the factory offers ``set_reuse(enabled)``, which turns on whatever the reducer can share across the
+    questions on one image (that prefix; C2F: its thumbnail and base-level features).
     """
 
     name: str
@@ -36,6 +38,7 @@ class ReducerSpec:
     factory: Callable[..., Reducer]
     archs: tuple[str, ...] = ARCHS
     question_independent: bool = False
+    reusable: bool = False
 
 
 _REGISTRY: dict[str, ReducerSpec] = {}
@@ -65,10 +68,16 @@ def register_reducer(
         if name in _REGISTRY:
             raise ConfigError(f"reducer name {name!r} is already registered by {_REGISTRY[name].factory!r}")
         independent = getattr(factory, "question_independent", False) is True
-        if independent and not callable(getattr(factory, "reuse_prefix", None)):
-            raise ConfigError(f"reducer {name!r} declares question_independent but has no reuse_prefix(enabled)")
+        reusable = callable(getattr(factory, "set_reuse", None))
+        if independent and not reusable:
+            raise ConfigError(f"reducer {name!r} declares question_independent but has no set_reuse(enabled)")
         _REGISTRY[name] = ReducerSpec(
-            name=name, stage=stage, factory=factory, archs=tuple(archs), question_independent=independent
+            name=name,
+            stage=stage,
+            factory=factory,
+            archs=tuple(archs),
+            question_independent=independent,
+            reusable=reusable,
         )
         return factory
 
@@ -121,9 +130,10 @@ def build_reducer(
         name: A registered name.
         backbone: The loaded backbone.
         options: The reducer's options.
-        reuse: Let the questions on one image share the KV cache of the prompt up to the last image token
-            (:mod:`lrs_plugin.backbone.prefix_cache`); applies to the ``question_independent`` reducers only, and
-            never changes which tokens they send.
+        reuse: Let the questions on one image share what does not depend on the question (``set_reuse``): the KV
+            cache of the prompt up to the last image token for the ``question_independent`` reducers
+            (:mod:`lrs_plugin.backbone.prefix_cache`), C2F's thumbnail and base-level features
+            (:mod:`lrs_plugin.c2f.features`); it never changes which tokens a reducer sends.
 
     Raises:
         ConfigError: unknown name, bad options, a backbone architecture the reducer is not defined for, or a
@@ -138,6 +148,6 @@ def build_reducer(
             f"this checkpoint is {backbone.arch!r}"
         )
     reducer = spec.factory(backbone, **dict(options or {}))
-    if reuse and spec.question_independent:
-        reducer.reuse_prefix(True)  # type: ignore[attr-defined]  (checked at registration)
+    if reuse and spec.reusable:
+        reducer.set_reuse(True)  # type: ignore[attr-defined]  (checked at registration)
     return reducer
