@@ -282,6 +282,10 @@ CAPTION_QUESTION = f"Which colored objects are there?{sc.NONCOUNT_SUFFIX}"
 (``"red triangle, blue square"``, top to bottom, then left to right), a dense signal that teaches the LM to look
 at the vision tokens (LLaVA's first stage is captioning for the same reason)."""
 
+OTHERS_SHARE = 0.8
+"""Share of the ``pyramid_fine`` examples (at full difficulty) whose tiles also show the other two targets, so the
+question's colour or shape has to pick its object among several (the binding every multi-object view needs)."""
+
 CAPTION_SHARE = 0.3
 """Share of the examples of the object-centred formats (``stock_crop``, ``pyramid_fine``) asked the caption."""
 
@@ -436,7 +440,9 @@ class _ExampleMaker:
 
         def layout(feats: torch.Tensor) -> tuple[torch.Tensor, Any]:
             thumb, grid_feats = feats[0], bb.pool2x2(feats[1:])
-            embeds, mask, shape = build_level_grid(grid_feats, tiles, level.grid_hw, content_wh, newline)
+            embeds, mask, shape = build_level_grid(
+                grid_feats, tiles, level.grid_hw, content_wh, newline, floor=sc.C2F_GEOMETRY["unpad_floor_quirk"]
+            )
             keep = mask.clone()
             if ratio < 1.0:
                 gen = torch.Generator().manual_seed(seed)
@@ -509,6 +515,10 @@ class _ExampleMaker:
         c0 = int(np.clip(tc - int(rng.integers(bw)), 0, max(gw - bw, 0)))
         chosen = {(r, c) for r in range(r0, min(r0 + bh, gh)) for c in range(c0, min(c0 + bw, gw))}
         chosen.add((tr, tc))
+        if rng.random() < OTHERS_SHARE * self.difficulty:  # the other targets too: the question must pick one
+            for other in scene.targets():
+                ox, oy = other.center
+                chosen.add((min(int(oy * sy // t), gh - 1), min(int(ox * sx // t), gw - 1)))
         for _ in range(int(rng.integers(0, 1 + int(24 * self.difficulty)))):
             chosen.add((int(rng.integers(gh)), int(rng.integers(gw))))
         tiles = sorted(chosen)
