@@ -29,8 +29,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lrs_plugin.errors import LrsPluginError
+
+if TYPE_CHECKING:
+    from lrs_plugin.testbed.train import TrainConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -218,7 +222,7 @@ def _fetch(args: argparse.Namespace) -> int:
             progress=progress,
             force=args.force,
         )
-        print(f"LRS-VQA ready in {root} (tasks find it there by default; elsewhere set LRS_VQA_ROOT={root})")
+        print(f"LRS-VQA ready in {root} (tasks find it there by default; elsewhere set {lrs_vqa.ROOT_ENV}={root})")
     else:
         from lrs_plugin.data import mme_realworld_rs
 
@@ -231,7 +235,7 @@ def _fetch(args: argparse.Namespace) -> int:
             progress=progress,
             force=args.force,
         )
-        print(f"MME-RealWorld-RS ready in {root} (elsewhere set MME_RW_RS_ROOT={root})")
+        print(f"MME-RealWorld-RS ready in {root} (elsewhere set {mme_realworld_rs.ENV_ROOT}={root})")
     return 0
 
 
@@ -373,6 +377,20 @@ def _train_rfm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace, train_scenes: int) -> TrainConfig:
+    """The testbed's training config from the shared flags (scenes: ``--train-scenes`` or ``train --scenes``)."""
+    from lrs_plugin.testbed.train import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps,
+        vision_steps=args.vision_steps,
+        batch_size=args.batch_size,
+        train_scenes=train_scenes,
+        seed=args.seed,
+        threads=args.threads,
+    )
+
+
 def _testbed(args: argparse.Namespace) -> int:
     if args.testbed_command is None:
         from lrs_plugin.errors import ConfigError
@@ -380,16 +398,7 @@ def _testbed(args: argparse.Namespace) -> int:
 
         if args.out is None:
             raise ConfigError("lrs-plugin testbed needs --out DIR (or a sub-command: generate, train, checkpoint)")
-        from lrs_plugin.testbed.train import TrainConfig
-
-        train = TrainConfig(
-            steps=args.steps,
-            vision_steps=args.vision_steps,
-            batch_size=args.batch_size,
-            train_scenes=args.train_scenes,
-            seed=args.seed,
-            threads=args.threads,
-        )
+        train = _train_config(args, args.train_scenes)
         checkpoint = args.checkpoint
         if checkpoint == "shipped":
             from lrs_plugin.testbed.table import shipped_checkpoint
@@ -417,16 +426,9 @@ def _testbed(args: argparse.Namespace) -> int:
             print(f"plot: {report['plot']}\nfocus picture: {report['focus_picture']}\ntotal {report['total_s']} s")
         return 0
     if args.testbed_command == "train":
-        from lrs_plugin.testbed.train import TrainConfig, train_testbed
+        from lrs_plugin.testbed.train import train_testbed
 
-        config = TrainConfig(
-            steps=args.steps,
-            vision_steps=args.vision_steps,
-            batch_size=args.batch_size,
-            train_scenes=args.scenes,
-            seed=args.seed,
-            threads=args.threads,
-        )
+        config = _train_config(args, args.scenes)
         record = train_testbed(args.out, config)
         print(f"testbed model trained in {record['train_s']} s ({record['parameters']} parameters): {args.out}")
         return 0

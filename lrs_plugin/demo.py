@@ -169,7 +169,9 @@ def run_demo(out: Path, *, small: bool = False) -> int:
     start = time.perf_counter()
     lrs_root, mme_root = prepare_demo_data(out, small=small)
     checkpoint = ensure_checkpoint(out / "checkpoint" / "tiny-llava-next-qwen2")
-    env = offline_env({"LRS_VQA_ROOT": str(lrs_root), "MME_RW_RS_ROOT": str(mme_root)})
+    from lrs_plugin.data import lrs_vqa, mme_realworld_rs
+
+    env = offline_env({lrs_vqa.ROOT_ENV: str(lrs_root), mme_realworld_rs.ENV_ROOT: str(mme_root)})
     runs: dict[str, EvalRun] = {}
     for i, (method, args) in enumerate(METHODS, 1):
         _say(

@@ -47,11 +47,11 @@ SUPPORTED_TEXT_MODELS = ("llama", "qwen2")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 """Valid ``attn_implementation`` values (``None`` picks one, see :meth:`Backbone.from_pretrained`)."""
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-"""Valid ``dtype`` strings (``"auto"`` keeps the checkpoint's dtype)."""
-
 VISION_DTYPES = ("float32", "float16", "bfloat16")
 """Valid ``vision_dtype`` strings (``None`` leaves the vision tower in the dtype it was loaded in)."""
+
+DTYPES = ("auto", *VISION_DTYPES)
+"""Valid ``dtype`` strings (``"auto"`` keeps the checkpoint's dtype); also ``lrs-plugin convert --dtype``."""
 
 IMAGE_TOKEN = "<image>"
 """Image placeholder in prompts, as lmms-eval's ``llava_hf`` writes it."""
@@ -82,34 +82,28 @@ class GenerationOutput:
     num_new_tokens: int
 
 
-def _resolve_dtype(dtype: object) -> Any:
+def _torch_dtype(value: object, option: str, valid: tuple[str, ...], hint: str = "") -> Any:
+    """The ``torch.dtype`` named by ``value`` (a string of ``valid`` or the dtype itself): the one dtype reading."""
     import torch
 
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype == "auto":
-        return "auto"
-    if isinstance(dtype, str) and dtype in names:
-        return names[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in names.values():
-        return dtype
-    raise ConfigError(f"dtype={dtype!r} is not supported; valid choices: {', '.join(DTYPES)}")
+    names = {name: getattr(torch, name) for name in VISION_DTYPES}
+    if isinstance(value, str) and value in names:
+        return names[value]
+    if isinstance(value, torch.dtype) and value in names.values():
+        return value
+    raise ConfigError(f"{option}={value!r} is not supported; valid choices: {', '.join(valid)}{hint}")
+
+
+def _resolve_dtype(dtype: object) -> Any:
+    """``"auto"`` or the ``torch.dtype`` the model is loaded in (also :mod:`.convert`'s ``dtype``)."""
+    return "auto" if dtype == "auto" else _torch_dtype(dtype, "dtype", DTYPES)
 
 
 def _resolve_vision_dtype(vision_dtype: object) -> Any:
     """``None`` or the ``torch.dtype`` the vision tower is cast to."""
-    import torch
-
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if vision_dtype is None:
         return None
-    if isinstance(vision_dtype, str) and vision_dtype in names:
-        return names[vision_dtype]
-    if isinstance(vision_dtype, torch.dtype) and vision_dtype in names.values():
-        return vision_dtype
-    raise ConfigError(
-        f"vision_dtype={vision_dtype!r} is not supported; valid choices: {', '.join(VISION_DTYPES)} "
-        "(or None for the model's dtype)"
-    )
+    return _torch_dtype(vision_dtype, "vision_dtype", VISION_DTYPES, " (or None for the model's dtype)")
 
 
 def _check_supported(config: Any, source: str) -> None:
@@ -436,7 +430,10 @@ class Backbone:
         return torch.cat(chunks, dim=0).to(self.device)
 
     def pool2x2(self, features: torch.Tensor) -> torch.Tensor:
-        """Average 2x2 neighbouring patches of square patch grids.
+        """Average 2x2 neighbouring patches of square patch grids, refusing odd ones.
+
+        :func:`lrs_plugin.backbone.anyres.pool_tiles` ``"average"`` (the one 2x2 pooling), which on an odd grid would
+        drop the last row and column.
 
         Args:
             features: ``[n, g*g, C]`` tokens in raster order, ``g`` even (no CLS token).
@@ -450,14 +447,13 @@ class Backbone:
         """
         import math
 
-        import torch.nn.functional as F
+        from lrs_plugin.backbone.anyres import pool_tiles
 
-        n, t, c = features.shape
+        t = features.shape[1]
         g = math.isqrt(t)
         if g * g != t or g % 2:
             raise ConfigError(f"pool2x2 needs an even square patch grid; got {t} tokens per tile")
-        grid = features.reshape(n, g, g, c).permute(0, 3, 1, 2)
-        return F.avg_pool2d(grid, kernel_size=2).permute(0, 2, 3, 1).reshape(n, (g // 2) ** 2, c)
+        return pool_tiles(features, "average")
 
     def image_crops(
         self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None

@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lrs_plugin.backbone.adapter import DTYPES as ADAPTER_DTYPES
+from lrs_plugin.backbone.adapter import _resolve_dtype
 from lrs_plugin.backbone.chat_templates import QWEN2_CHAT_TEMPLATE, VICUNA_V1_CHAT_TEMPLATE
 from lrs_plugin.errors import CheckpointLayoutError, ConfigError, OutputExistsError
 
@@ -45,8 +47,9 @@ __all__ = [
 FAMILIES = {"llava_qwen": "qwen2", "llava_llama": "llama"}
 """Original ``model_type`` -> text model family."""
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-"""``dtype`` choices: ``auto`` keeps every tensor's stored dtype (the CLIP tower usually float32, method.md §7.3)."""
+DTYPES = ADAPTER_DTYPES
+"""``dtype`` choices (the adapter's): ``auto`` keeps every tensor's stored dtype (the CLIP tower usually float32,
+method.md §7.3)."""
 
 RFM_FILE = "rfm.safetensors"
 """File of the converted folder holding the RFM weights under ``model.mm_projector.token_pruner.``."""
@@ -241,11 +244,9 @@ def _check_keys(have: set[str], expected: set[str], what: str) -> None:
 
 
 def _cast(state: dict[str, Any], dtype: str) -> dict[str, Any]:
-    import torch
-
-    if dtype == "auto":
+    target = _resolve_dtype(dtype)
+    if target == "auto":
         return state
-    target = getattr(torch, dtype)
     return {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
 
 
@@ -435,10 +436,8 @@ def convert_original_llava(
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
 
     """
-    import torch
-
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not supported; valid choices: {', '.join(DTYPES)}")
+    target_dtype = _resolve_dtype(dtype)  # ConfigError naming the valid choices
+    dtype = "auto" if target_dtype == "auto" else str(target_dtype).removeprefix("torch.")  # recorded as a name
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
@@ -481,7 +480,7 @@ def convert_original_llava(
         "dtype": dtype,
         "original_config": {k: v for k, v in orig.items() if k not in {*_LLM_KEYS["common"], *_LLM_KEYS[family]}},
     }
-    lm_dtype = state["model.language_model.embed_tokens.weight"].dtype if dtype == "auto" else getattr(torch, dtype)
+    lm_dtype = state["model.language_model.embed_tokens.weight"].dtype if dtype == "auto" else target_dtype
     config.dtype = config.text_config.dtype = str(lm_dtype).removeprefix("torch.")
     tower = next(v for k, v in state.items() if k.startswith("model.vision_tower."))
     config.vision_config.dtype = str(tower.dtype if dtype == "auto" else lm_dtype).removeprefix("torch.")

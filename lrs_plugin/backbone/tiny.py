@@ -25,13 +25,15 @@ import string
 from pathlib import Path
 from typing import Any
 
+from lrs_plugin.backbone.adapter import SUPPORTED_ARCHS, SUPPORTED_TEXT_MODELS
+
 __all__ = ["ARCHS", "CORPUS", "LMS", "TINY_REDUCER_OPTIONS", "VARIANTS", "build_tiny_llava", "chat_template_for"]
 
-ARCHS = ("llava", "llava_next")
-"""Multimodal architectures :func:`build_tiny_llava` can build (``config.model_type``)."""
+ARCHS = SUPPORTED_ARCHS
+"""Multimodal architectures :func:`build_tiny_llava` can build (``config.model_type``): every one the adapter takes."""
 
-LMS = ("llama", "qwen2")
-"""Text model families :func:`build_tiny_llava` can build (``config.text_config.model_type``)."""
+LMS = SUPPORTED_TEXT_MODELS
+"""Text model families :func:`build_tiny_llava` can build (``config.text_config.model_type``): the adapter's."""
 
 VARIANTS: tuple[tuple[str, str], ...] = (
     ("llava", "llama"),

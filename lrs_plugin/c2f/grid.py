@@ -11,7 +11,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lrs_plugin.c2f.pyramid import LevelGeometry, Pyramid, unpadded_grid_hw, vote_tiles, vote_tiles_exact
+from lrs_plugin.c2f.pyramid import (
+    LevelGeometry,
+    Pyramid,
+    newline_indices,
+    unpadded_grid_hw,
+    vote_tiles,
+    vote_tiles_exact,
+)
 from lrs_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -71,9 +78,8 @@ def select_topk(
 
 
 def grid_newline_indices(shape_hw: tuple[int, int], has_newline: bool) -> list[int]:
-    """Flat indices of the newline column of a ``(rows, width)`` grid (``[]`` when it has none)."""
-    rows, width = shape_hw
-    return list(range(width - 1, rows * width, width)) if has_newline else []
+    """Flat indices of the newline column of a ``(rows, width)`` grid (:func:`newline_indices`; ``[]`` without one)."""
+    return newline_indices(shape_hw) if has_newline else []
 
 
 def build_level_grid(

@@ -1,10 +1,11 @@
 """An exclusive lock file that a child process can keep holding (``flock`` on POSIX, ``filelock`` elsewhere).
 
-The rule of the data modules: one lock file per destination, held for the whole fetch; a second fetch of the same
-destination waits for it. On POSIX the lock is a plain ``fcntl.flock`` (what ``filelock.FileLock`` uses there too,
-so both kinds exclude each other) and :func:`exclusive_lock` yields its descriptor: a child started with it in
-``pass_fds`` (see :mod:`lrs_plugin.data._child`) holds the lock until it exits, even if the parent was killed. The
-lock is never removed from disk (removing it would let two processes lock two different files of the same name).
+The rule of the data modules (applied once, in :func:`lrs_plugin.data._install.install_lock`): one lock file per
+destination, held for the whole fetch; a second fetch of the same destination waits for it. On POSIX the lock is a
+plain ``fcntl.flock`` (what ``filelock.FileLock`` uses there too, so both kinds exclude each other) and
+:func:`exclusive_lock` yields its descriptor: a child started with it in ``pass_fds`` (see
+:mod:`lrs_plugin.data._child`) holds the lock until it exits, even if the parent was killed. The lock is never
+removed from disk (removing it would let two processes lock two different files of the same name).
 """
 
 from __future__ import annotations

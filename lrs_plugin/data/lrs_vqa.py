@@ -13,11 +13,9 @@ absolute image *paths*; pixels are decoded only by the model side.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 from lrs_plugin._jsonl import iter_json_objects
 from lrs_plugin.data import _hub, archive
-from lrs_plugin.data._lock import exclusive_lock
+from lrs_plugin.data._install import install_lock, marker_name, marker_revision, requested_root, say, write_marker
 from lrs_plugin.data._paths import default_dataset_root, require_inside_root
 from lrs_plugin.errors import (
     ConfigError,
@@ -70,8 +68,11 @@ ARCHIVE_BASE = "LRS_VQA.7z"
 QUESTION_FILE = "LRS_VQA/LRS_VQA_merged.jsonl"
 """Question file, relative to the dataset root (the parent of ``LRS_VQA/``)."""
 
-MARKER_NAME = ".lrs_vqa_complete.json"
-"""Completion marker inside the fetch root, written only after a verified, complete extraction."""
+_DATASET_NAME = "lrs_vqa"
+
+MARKER_NAME = marker_name(_DATASET_NAME)
+"""Completion marker inside the fetch root (``.lrs_vqa_complete.json``), written only after a verified, complete
+extraction (:mod:`lrs_plugin.data._install`)."""
 
 LOCK_NAME = ".fetch.lock"
 """Lock file inside the fetch root, held by a running fetch (and its 7-Zip child)."""
@@ -163,17 +164,11 @@ def fetch(
         UnsafeArchiveError: A member would land outside the root.
         DatasetIntegrityError: The archive lacks the question file or referenced images (the first 20 named).
     """
-    root = Path(root) if root is not None else default_dataset_root("lrs_vqa")
+    root = Path(root) if root is not None else default_dataset_root(_DATASET_NAME)
     requested = "local" if parts_dir is not None else revision
     if not force and _marker_revision(root) == requested:
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    lock_path = root / LOCK_NAME
-
-    def waiting() -> None:
-        _say(progress, f"waiting for another fetch of {root} to finish (lock {lock_path})")
-
-    with exclusive_lock(lock_path, on_wait=waiting) as lock_fd:
+    with install_lock(root, LOCK_NAME, say=lambda message: _say(progress, message)) as lock_fd:
         if not force and _marker_revision(root) == requested:
             return root
         (root / MARKER_NAME).unlink(missing_ok=True)
@@ -254,10 +249,7 @@ def _marker_revision(root: Path) -> str | None:
     """The requested revision recorded by a completion marker, or ``None`` when ``root`` is not complete."""
     if not (root / QUESTION_FILE).is_file():
         return None
-    try:
-        return json.loads((root / MARKER_NAME).read_text(encoding="utf-8")).get("revision")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return marker_revision(root, MARKER_NAME)
 
 
 def _write_marker(
@@ -283,14 +275,12 @@ def _write_marker(
         "completed_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plugin_version": __version__,
     }
-    tmp = root / (MARKER_NAME + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, root / MARKER_NAME)
+    write_marker(root, MARKER_NAME, marker)
 
 
 def _say(enabled: bool, message: str) -> None:
     if enabled:
-        print(f"[lrs_vqa] {message}", file=sys.stderr, flush=True)
+        say(_DATASET_NAME, message)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -309,13 +299,9 @@ def resolve_root(root: str | Path | None = None) -> Path:
     Raises:
         DatasetNotFoundError: Nothing found; says how to fetch it or where to point ``LRS_VQA_ROOT``.
     """
+    root, source = requested_root(root, ROOT_ENV)
     if root is None:
-        root = os.environ.get(ROOT_ENV) or None
-        source = f"${ROOT_ENV}"
-    else:
-        source = "the given root"
-    if root is None:
-        default = default_dataset_root("lrs_vqa")
+        default = default_dataset_root(_DATASET_NAME)
         if (default / MARKER_NAME).is_file() and (default / QUESTION_FILE).is_file():
             return default.resolve()
         raise DatasetNotFoundError(f"LRS-VQA not found (no complete fetch in {default}): {_MISSING_HINT}")
@@ -401,8 +387,13 @@ def _is_number(value: Any) -> bool:
 
 
 def subset_of(question_id: str) -> str:
-    """Return the source dataset of a question id (``"GLH-Bridge_12"`` -> ``"GLH-Bridge"``)."""
-    return question_id.rsplit("_", 1)[0]
+    """The source dataset of a question id ``<subset>_<n>``: the part before the first ``_``.
+
+    The one reading of a question id (scoring checks its result against the known subsets). Subset names hold no
+    ``_`` (``GLH-Bridge`` has a hyphen), so the first ``_`` ends the name: ``"GLH-Bridge_12"`` -> ``"GLH-Bridge"``,
+    ``"STAR_3999"`` -> ``"STAR"``; an id without ``_`` is returned whole.
+    """
+    return str(question_id).split("_", 1)[0]
 
 
 def build_docs(
@@ -472,29 +463,43 @@ def check_images(root: str | Path | None) -> list[str]:
     return list(missing)
 
 
-def clip_box(box: Sequence[float], image_size: Sequence[int]) -> tuple[int, int, int, int] | None:
+def clip_box(
+    box: Sequence[float], image_size: Sequence[int], *, whole_pixels: bool = True
+) -> tuple[int, int, int, int] | tuple[float, float, float, float] | None:
     """Clip an ``[x1, y1, x2, y2]`` box into the image ``[0, W] x [0, H]``.
 
-    Some FAIR boxes overflow the image or have negative coordinates; they are clipped, not rejected. Fractional
-    coordinates widen to whole pixels (floor the start, ceil the end).
+    The one clipping rule for a document's box: focus recall (:func:`lrs_plugin.focus.recall.clipped_box`), the
+    ``oracle`` focus scorer and the reducers' encoded regions call it. Some FAIR boxes overflow the image or have
+    negative coordinates; they are clipped, not rejected. The corners are sorted first (``x2, y2, x1, y1`` is the same
+    box).
 
     Args:
         box: ``[x1, y1, x2, y2]`` in source pixels.
         image_size: ``[W, H]``.
+        whole_pixels: Widen fractional coordinates to whole pixels (floor the start, ceil the end) and return ints;
+            ``False`` keeps them as floats.
 
     Returns:
         The clipped box, or ``None`` when nothing of it is inside the image.
 
     Raises:
-        DatasetSchemaError: ``box`` does not have 4 numbers or ``image_size`` 2.
+        DatasetSchemaError: ``box`` is not 4 finite numbers or ``image_size`` not 2 (a :class:`ValueError`).
     """
-    if len(box) != 4 or len(image_size) != 2:
-        raise DatasetSchemaError(f"clip_box needs [x1, y1, x2, y2] and [W, H], got {list(box)!r} and {image_size!r}")
+    if len(box) != 4 or len(image_size) != 2 or not all(_is_number(v) for v in box):
+        raise DatasetSchemaError(
+            f"clip_box needs the box as 4 finite numbers (x1, y1, x2, y2) and the image size [W, H]; got "
+            f"{list(box)!r} and {image_size!r}"
+        )
     width, height = int(image_size[0]), int(image_size[1])
-    x1 = min(max(math.floor(box[0]), 0), width)
-    y1 = min(max(math.floor(box[1]), 0), height)
-    x2 = min(max(math.ceil(box[2]), 0), width)
-    y2 = min(max(math.ceil(box[3]), 0), height)
+    (x1, x2), (y1, y2) = sorted((box[0], box[2])), sorted((box[1], box[3]))
+    if whole_pixels:
+        x1, y1, x2, y2 = math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)
+    else:
+        x1, y1, x2, y2 = float(x1), float(y1), float(x2), float(y2)
+    x1, x2 = min(max(x1, 0), width), min(max(x2, 0), width)
+    y1, y2 = min(max(y1, 0), height), min(max(y2, 0), height)
     if x2 <= x1 or y2 <= y1:
         return None
+    if not whole_pixels:
+        return float(x1), float(y1), float(x2), float(y2)
     return x1, y1, x2, y2

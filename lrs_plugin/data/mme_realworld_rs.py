@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lrs_plugin.data import _hub
+from lrs_plugin.data._install import install_lock, marker_name, marker_revision, requested_root, say, write_marker
 from lrs_plugin.data._paths import default_dataset_root, require_inside_root
 from lrs_plugin.errors import ConfigError, DatasetIntegrityError, DatasetNotFoundError, DatasetSchemaError
 
@@ -62,12 +62,15 @@ EXPECTED_PER_CATEGORY = {"color": 1255, "count": 1226, "position": 1257}
 #: Parquet columns read from every shard (``bytes`` is the base64 text of the image).
 COLUMNS = ("index", "question", "multi-choice options", "answer", "category", "l2-category", "bytes")
 SHARD_PATTERN = "data/train-*.parquet"
-MARKER_NAME = ".mmerealworld_rs_complete.json"
+_DATASET_NAME = "mmerealworld_rs"
+#: Completion marker (``.mmerealworld_rs_complete.json``), written last (:mod:`lrs_plugin.data._install`).
+MARKER_NAME = marker_name(_DATASET_NAME)
+#: Lock file inside the root, held by a running preparation.
+LOCK_NAME = ".mmerealworld_rs.lock"
 ANNOTATIONS_NAME = "annotations.jsonl"
 ENV_ROOT = "MME_RW_RS_ROOT"
 PROMPT_STYLES = ("paper", "lmms_eval")
 
-_DATASET_NAME = "mmerealworld_rs"
 _INSTRUCTION = (
     "Select the best answer to the above multiple-choice question based on the image. "
     "Respond with only the letter (A, B, C, D, or E) of the correct option."
@@ -103,15 +106,12 @@ def fetch(
         DatasetSchemaError: A shard lacks a column, or an RS row has a bad answer, l2-category or field type.
         DatasetIntegrityError: Duplicate RS ``index``, an unreadable shard, or RS row counts differ from expected.
     """
-    from filelock import FileLock
-
     from lrs_plugin.data._mme_prepare import prepare_shards  # imports this module's constants
 
     root = Path(root) if root is not None else default_dataset_root(_DATASET_NAME)
     if not force and _marker_revision(root) == revision:
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".mmerealworld_rs.lock")):
+    with install_lock(root, LOCK_NAME, say=_say if progress else None):
         if not force and _marker_revision(root) == revision:  # another process finished while we waited
             return root
         shards, resolved_sha, source = _locate_shards(root, revision, source_dir)
@@ -134,7 +134,7 @@ def fetch(
             "shards": [_shard_name(path, shards) for path in shards],
             "prepared_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json_atomic(root / MARKER_NAME, marker)
+        write_marker(root, MARKER_NAME, marker)
     if progress:
         _say(f"{summary['rows']} Remote Sensing rows, {summary['images']} images ready in {root}")
     return root
@@ -142,11 +142,7 @@ def fetch(
 
 def _marker_revision(root: Path) -> str | None:
     """The revision recorded by a complete preparation, or ``None`` (no marker, or an unreadable one)."""
-    try:
-        marker = json.loads((root / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return marker.get("revision") if isinstance(marker, dict) else None
+    return marker_revision(root, MARKER_NAME)
 
 
 def _locate_shards(root: Path, revision: str, source_dir: str | Path | None) -> tuple[list[Path], str | None, str]:
@@ -202,14 +198,8 @@ def _replace(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-def _write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _say(message: str) -> None:
-    print(f"[mmerealworld_rs] {message}", file=sys.stderr, flush=True)
+    say(_DATASET_NAME, message)
 
 
 def _check_counts(per_category: Mapping[str, int], expected_rows: int | None) -> None:
@@ -238,15 +228,15 @@ def resolve_root(root: str | Path | None = None) -> Path:
     Raises:
         DatasetNotFoundError: The folder given has no ``annotations.jsonl``, or nothing was found; says how to fetch.
     """
-    for given, origin in ((root, "root"), (os.environ.get(ENV_ROOT) or None, f"${ENV_ROOT}")):
-        if given is not None:
-            path = Path(given).expanduser()
-            if not (path / ANNOTATIONS_NAME).is_file():
-                raise DatasetNotFoundError(
-                    f"{origin} {str(path)!r} holds no {ANNOTATIONS_NAME}; prepare it with "
-                    f"`lrs-plugin fetch mmerealworld_rs --root {path}`"
-                )
-            return path
+    given, origin = requested_root(root, ENV_ROOT)
+    if given is not None:
+        path = Path(given).expanduser()
+        if not (path / ANNOTATIONS_NAME).is_file():
+            raise DatasetNotFoundError(
+                f"{origin} {str(path)!r} holds no {ANNOTATIONS_NAME}; prepare it with "
+                f"`lrs-plugin fetch mmerealworld_rs --root {path}`"
+            )
+        return path
     default = default_dataset_root(_DATASET_NAME)
     if (default / MARKER_NAME).is_file():
         return default

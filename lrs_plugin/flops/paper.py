@@ -41,7 +41,8 @@ class _PaperSetting:
 _L = QWEN2_7B.num_layers
 _P144 = 144 * 144 + 576  # 144 anyres tiles pooled 2x2 to 144 tokens + the 576-token base image (newlines ignored)
 # Full decoder layers per RFM pass: layers 0..R-2 of R = 5 (a 4-entry llm_layer_list; the scoring layer's q/k are not
-# counted), or equally all layers of R = 4. The only value of 1..6 that reproduces both C2F rows (tests/flops/test_flops.py).
+# counted), or equally all layers of R = 4. The only value of 1..6 that reproduces both C2F rows
+# (tests/flops/test_flops.py).
 _C2F_RFM_LAYERS = 4
 
 #: The paper's efficiency table (LLaVA-NeXT-Qwen2-7B, a 4032-px image: anyres-p144 / a 4-level DIP) and our model

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ __all__ = [
     "paper_llm_tflops",
     "paper_c2f_tflops",
     "uniform_tokens_per_layer",
+    "fastv_keep",
+    "pdrop_keeps",
+    "staged_tokens_per_layer",
     "fastv_tokens_per_layer",
     "pdrop_tokens_per_layer",
     "equivalent_tokens",
@@ -240,21 +243,54 @@ def uniform_tokens_per_layer(n: int, num_layers: int) -> list[int]:
     return [_int("n", n, 0)] * _int("num_layers", num_layers)
 
 
+def fastv_keep(num_image: int, r: float) -> int:
+    """Image tokens FastV keeps of ``N``: ``round(N·(1-R))`` (FastV's ``round``), at least 1 unless ``N = 0``.
+
+    The one FastV keep rule: the ``fastv`` reducer drops to it and :func:`fastv_tokens_per_layer` counts it.
+    """
+    return min(num_image, max(1, round(num_image * (1 - r))))
+
+
+def pdrop_keeps(num_image: int, lam: float, num_stages: int) -> list[int]:
+    """Image tokens PyramidDrop keeps after stages ``s = 1..S``: ``int(N·λ^s)`` (PDrop's ``int``), in ``[1, N]``.
+
+    The one PDrop keep rule (see :func:`fastv_keep`); ``λ^s`` is a fraction of the *original* count ``N``.
+    """
+    return [_pdrop_keep(num_image, lam**s) for s in range(1, num_stages + 1)]
+
+
+def _pdrop_keep(num_image: int, ratio: float) -> int:
+    return min(num_image, max(1, int(num_image * ratio)))
+
+
+def staged_tokens_per_layer(n: int, num_layers: int, drops: Iterable[tuple[int, int]]) -> list[int]:
+    """Tokens entering each layer when ``n`` are cut to ``keep_s`` from layer ``l_s`` on (``drops``: ``(l_s, keep_s)``).
+
+    The one per-layer layout of the in-LLM methods: layers before the first drop see ``n``; the reducers' layer
+    averages (:func:`equivalent_tokens` of this) and the FLOPs schedules below read it.
+    """
+    tokens = [n] * num_layers
+    for start, keep in drops:
+        tokens[start:] = [keep] * (num_layers - start)
+    return tokens
+
+
 def fastv_tokens_per_layer(n: int, num_layers: int, k: int, r: float) -> list[int]:
-    """FastV: layers ``0..K-1`` see ``n`` tokens, layers ``K..L-1`` keep ``round(n·(1-R))`` (FastV's ``round``)."""
+    """FastV: layers ``0..K-1`` see ``n`` tokens, layers ``K..L-1`` keep :func:`fastv_keep` ``(n, R)``."""
     n, num_layers, k = _int("n", n, 0), _int("num_layers", num_layers), _int("FastV k", k, 0)
     if k > num_layers:
         raise ConfigError(f"FastV k must be an integer in [0, {num_layers}], got {k!r}")
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
         raise ConfigError(f"FastV r (fraction dropped) must be in [0, 1), got {r!r}")
-    return [n] * k + [round(n * (1.0 - r))] * (num_layers - k)
+    return staged_tokens_per_layer(n, num_layers, [(k, fastv_keep(n, r))])
 
 
 def pdrop_tokens_per_layer(n: int, num_layers: int, layer_list: Sequence[int], ratios: Sequence[float]) -> list[int]:
     """PyramidDrop: stage ``s`` (layers ``[layer_list[s-1], layer_list[s])``) keeps ``int(n·ratios[s-1])`` tokens.
 
     Stage 0 (layers before ``layer_list[0]``) sees all ``n``; ratios are fractions of the *original* count, as in
-    PDrop's ``image_token_ratio_list`` (``[7,14,21]``, ``[0.5,0.25,0.125]`` for the paper's 28-layer Qwen2).
+    PDrop's ``image_token_ratio_list`` (``[7,14,21]``, ``[0.5,0.25,0.125]`` for the paper's 28-layer Qwen2), each
+    kept count clipped to ``[1, n]`` as :func:`pdrop_keeps` does.
     """
     n, num_layers = _int("n", n, 0), _int("num_layers", num_layers)
     bounds = [_int(f"layer_list[{i}]", b) for i, b in enumerate(layer_list)]
@@ -264,14 +300,14 @@ def pdrop_tokens_per_layer(n: int, num_layers: int, layer_list: Sequence[int], r
         raise ConfigError(f"layer_list must increase strictly within [1, {num_layers - 1}], got {list(layer_list)}")
     if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r <= 1.0 for r in ratios):
         raise ConfigError(f"PDrop ratios must be in (0, 1], got {list(ratios)}")
-    tokens = [n] * num_layers
-    for start, ratio in zip(bounds, ratios, strict=True):
-        tokens[start:] = [int(n * ratio)] * (num_layers - start)
-    return tokens
+    return staged_tokens_per_layer(n, num_layers, zip(bounds, (_pdrop_keep(n, r) for r in ratios), strict=True))
 
 
 def equivalent_tokens(tokens_per_layer: Sequence[int]) -> float:
-    """Layer-averaged token count ``T_eq = Σ_l n_l / L`` (the "budget" of in-LLM methods' papers)."""
+    """Layer-averaged token count ``T_eq = Σ_l n_l / L`` (the "budget" of in-LLM methods' papers, baselines.md §1.1).
+
+    The one definition: the in-LLM reducers' ``equivalent_vision_tokens`` and budget checks use it too.
+    """
     if not tokens_per_layer:
         raise ConfigError("tokens_per_layer is empty")
     return sum(_int(f"tokens_per_layer[{i}]", n, 0) for i, n in enumerate(tokens_per_layer)) / len(tokens_per_layer)

@@ -402,14 +402,14 @@ def train_rfm(
 
 def _subsets_of(root: Path) -> dict[str, Sequence[str]] | None:
     """The testbed's subset table for an ``lrs_synth`` root (ids ``SYNTH_n``), else ``None`` (LRS-VQA's own)."""
+    from lrs_plugin.data.lrs_vqa import QUESTION_FILE, subset_of
     from lrs_plugin.testbed import scenes
 
-    questions = root / "LRS_VQA" / "LRS_VQA_merged.jsonl"
     try:
-        with questions.open(encoding="utf-8") as fh:
+        with (root / QUESTION_FILE).open(encoding="utf-8") as fh:
             first = json.loads(fh.readline() or "{}")
     except (OSError, ValueError):
         return None
-    if str(first.get("question_id", "")).startswith(f"{scenes.SUBSET}_"):
+    if "_" in str(first.get("question_id", "")) and subset_of(first["question_id"]) == scenes.SUBSET:
         return {scenes.SUBSET: scenes.CATEGORIES}
     return None

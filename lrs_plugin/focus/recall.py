@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lrs_plugin.c2f.pyramid import LevelGeometry
+from lrs_plugin.data.lrs_vqa import clip_box
 
 __all__ = ["box_center_tile", "clipped_box", "doc_box", "recall_stats", "region_recall", "tile_recall", "token_recall"]
 
@@ -31,15 +32,14 @@ Box = tuple[float, float, float, float]
 
 
 def clipped_box(box: Sequence[float], image_wh: tuple[int, int]) -> Box | None:
-    """``box`` ``(x1, y1, x2, y2)`` clipped to ``[0, W] x [0, H]``; ``None`` when nothing of it is inside."""
-    if len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
-        raise ValueError(f"box must be 4 finite numbers (x1, y1, x2, y2); got {list(box)!r}")
-    w, h = image_wh
-    x1, y1 = max(0.0, float(min(box[0], box[2]))), max(0.0, float(min(box[1], box[3])))
-    x2, y2 = min(float(w), float(max(box[0], box[2]))), min(float(h), float(max(box[1], box[3])))
-    if x2 <= x1 or y2 <= y1:
-        return None
-    return (x1, y1, x2, y2)
+    """``box`` ``(x1, y1, x2, y2)`` clipped to ``[0, W] x [0, H]`` in float pixels; ``None`` when nothing is inside.
+
+    :func:`lrs_plugin.data.lrs_vqa.clip_box` (the one clipping rule) without widening to whole pixels.
+
+    Raises:
+        DatasetSchemaError: ``box`` is not 4 finite numbers (a :class:`ValueError`).
+    """
+    return clip_box(box, image_wh, whole_pixels=False)
 
 
 def box_center_tile(box: Sequence[float], level: LevelGeometry) -> tuple[int, int] | None:

@@ -358,11 +358,14 @@ class OracleScorer:
             if self.missing_box == "uniform":
                 return torch.full((n,), 1.0 / n, dtype=torch.float32)
             raise ConfigError("focus 'oracle' needs the document's box (hbox); set missing_box='uniform' to allow none")
-        x1, y1, x2, y2 = (float(v) for v in context.box)
+        box = context.box
         if context.image_wh is not None:
-            w, h = context.image_wh
-            x1, x2 = sorted((min(max(x1, 0.0), w), min(max(x2, 0.0), w)))
-            y1, y2 = sorted((min(max(y1, 0.0), h), min(max(y2, 0.0), h)))
+            from lrs_plugin.data.lrs_vqa import clip_box
+
+            box = clip_box(box, context.image_wh, whole_pixels=False)
+            if box is None:  # nothing of the box inside the image: no cell overlaps it
+                return torch.zeros(n, dtype=torch.float32)
+        x1, y1, x2, y2 = (float(v) for v in box)
         cells = context.token_boxes.to(torch.float32)
         hit = (cells[:, 0] < x2) & (cells[:, 2] > x1) & (cells[:, 1] < y2) & (cells[:, 3] > y1)  # NaN rows -> False
         return hit.to(torch.float32)

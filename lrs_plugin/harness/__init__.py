@@ -14,6 +14,8 @@ _EXPORTS = {
     "offline_env": "run",
     "ModelSettings": "settings",
     "parse_model_args": "settings",
+    "answer_settings": "settings",
+    "changes_answer": "settings",
     "coerce_none": "settings",
     "SampleStatsStore": "record",
     "STORE": "record",

@@ -9,8 +9,12 @@ and generates only the answers it does not find.
 
 An answer is found by :func:`answer_key`: a SHA-256 of the task, split, document id, question id, image name,
 prompt, generation kwargs (except ``until``, applied when serving) and :func:`settings_fingerprint` (checkpoint path
-and ``config.json`` hash, reducer and all its options, dtype, attention implementation, ``max_new_tokens``,
-``trust_remote_code``, plugin version). Any change of those gives new keys: stale answers are never served.
+and ``config.json`` hash, plugin version and every setting that can change an answer, as
+:func:`lrs_plugin.harness.settings.answer_settings` defines it: reducer and all its options, dtype, vision dtype,
+device, device map, attention implementation, ``trust_remote_code``, tile batch size, ``max_new_tokens``). Any change
+of those gives new keys: stale answers are never served. Stores written before the fingerprint read
+``answer_settings`` (when device, device map and tile batch size did not count) have other keys: their answers are
+generated again, never served under the wider definition.
 Failed samples (e.g. an unreadable image, out of memory) are not stored, so a rerun retries them.
 
 A line cut short by a kill (or written by another rank while this one reads) is skipped with a warning; before the
@@ -40,6 +44,7 @@ from typing import IO, Any
 from loguru import logger
 
 from lrs_plugin.errors import LrsPluginError
+from lrs_plugin.harness.settings import ModelSettings, answer_settings
 
 __all__ = [
     "RESUME_DISABLED_KEY",
@@ -107,30 +112,28 @@ def checkpoint_fingerprint(pretrained: str) -> dict[str, str | None]:
     return {"path": pretrained, "config_sha256": None}
 
 
-def settings_fingerprint(settings: Any, *, plugin_version: str) -> str:
+def settings_fingerprint(settings: ModelSettings, *, plugin_version: str) -> str:
     """Hash of every model-wide setting that can change an answer.
 
     Args:
-        settings: A :class:`lrs_plugin.harness.ModelSettings`.
+        settings: The model's settings.
         plugin_version: ``lrs_plugin.__version__``.
 
     Returns:
-        A hex SHA-256. Device, device map, tile batch size and the resume options themselves are left out: they do
-        not change answers, and leaving the device out lets stores move between world sizes.
+        A hex SHA-256 of :func:`lrs_plugin.harness.settings.answer_settings` (the settings whose metadata says they
+        can change an answer; the leaderboard's ``config_hash`` reads the same), with the checkpoint identified by
+        :func:`checkpoint_fingerprint`, the line format and the plugin version. ``image_cache`` and the resume
+        options are left out; ``device`` counts as given (the default, each rank's own device, lets a store move
+        between world sizes).
     """
+    answers = answer_settings(settings)
+    answers.pop("pretrained")
     return _digest(
         {
             "format": RESUME_FORMAT,
             "plugin_version": plugin_version,
             "checkpoint": checkpoint_fingerprint(settings.pretrained),
-            "reducer": settings.reducer,
-            "reducer_options": dict(settings.reducer_options),
-            "dtype": settings.dtype,
-            "attn_implementation": settings.attn_implementation,
-            "trust_remote_code": settings.trust_remote_code,
-            "max_new_tokens": settings.max_new_tokens,
-            # Only when set, so stores written before the option existed keep their hash.
-            **({"vision_dtype": settings.vision_dtype} if settings.vision_dtype is not None else {}),
+            "settings": answers,
         }
     )
 

@@ -11,22 +11,28 @@ lmms-eval hands values over as ``bool`` / ``int`` / ``float`` / ``str`` (``None`
 * harness: ``batch_size`` / ``max_batch_size`` (requests are answered one at a time; only 1 is accepted),
   ``max_new_tokens`` (overrides the task's value, for quick runs), ``image_cache`` (image files kept open at once,
   default 1: questions are answered grouped by image, so each file is decoded once; it changes no answer);
-* resume (:mod:`lrs_plugin.harness.resume`): ``resume_dir`` (folder where each finished answer is saved at once, so a
-killed
-  run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir`` set),
-  ``resume_strict`` (``true`` stops the run when the store cannot be written; default ``false``: one warning, the
+* resume (:mod:`lrs_plugin.harness.resume`): ``resume_dir`` (folder where each finished answer is saved at once, so
+  a killed run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir``
+  set), ``resume_strict`` (``true`` stops the run when the store cannot be written; default ``false``: one warning, the
   run goes on without saving; it changes no answer).
+
+What changes an answer is decided once, per field, in the metadata of :class:`ModelSettings` (``changes_answer``
+and a one-line ``why``) and read through :func:`answer_settings` by both the resume store's fingerprint and the
+leaderboard's ``config_hash`` / ``setting``. Conservatively, everything that can change one generated token counts:
+the checkpoint, the reducer and all its options (scorer ones included), ``dtype``, ``vision_dtype``, ``device``,
+``device_map``, ``attn_implementation``, ``trust_remote_code``, ``tile_batch_size`` and ``max_new_tokens``. Only
+``image_cache`` and the ``resume*`` options do not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lrs_plugin.errors import ConfigError
 
-__all__ = ["ModelSettings", "parse_model_args", "coerce_none"]
+__all__ = ["ModelSettings", "answer_settings", "changes_answer", "coerce_none", "parse_model_args"]
 
 
 def coerce_none(value: Any) -> Any:
@@ -36,41 +42,61 @@ def coerce_none(value: Any) -> Any:
     return value
 
 
+def _answer(changes: bool, why: str) -> dict[str, Any]:
+    """Field metadata: whether the setting can change a generated token, and the one-line reason."""
+    return {"changes_answer": changes, "why": why}
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """Validated settings of one ``c2f_llava`` instance."""
+    """Validated settings of one ``c2f_llava`` instance.
+
+    Every field's metadata says whether it can change an answer (``changes_answer``) and why (``why``);
+    :func:`answer_settings` reads it.
+    """
 
     # Checkpoint folder or Hub id, loaded with transformers' from_pretrained.
-    pretrained: str
+    pretrained: str = field(metadata=_answer(True, "the checkpoint is the model"))
     # Registered reducer name (lrs_plugin.reducers.registry.available_reducers()).
-    reducer: str = "c2f"
+    reducer: str = field(default="c2f", metadata=_answer(True, "the method"))
     # Weights dtype: auto (checkpoint's), float32, float16, bfloat16.
-    dtype: str = "auto"
+    dtype: str = field(default="auto", metadata=_answer(True, "the precision of every weight and activation"))
     # Vision-tower dtype: float32, float16, bfloat16; None: the tower stays in dtype.
-    vision_dtype: str | None = None
+    vision_dtype: str | None = field(default=None, metadata=_answer(True, "the precision of the image features"))
     # Device of the model; None: the rank's CUDA device, else CPU.
-    device: str | None = None
+    device: str | None = field(
+        default=None,
+        metadata=_answer(True, "CPU and GPU kernels round differently; None (each rank's own) fits any world size"),
+    )
     # transformers device_map (e.g. "auto" to split one model over several GPUs of one process).
-    device_map: str | None = None
+    device_map: str | None = field(
+        default=None, metadata=_answer(True, "which device (and so which kernels) computes each layer")
+    )
     # sdpa (default), eager, flash_attention_2 (needs the [gpu] extra); None picks sdpa / flash when available.
-    attn_implementation: str | None = None
+    attn_implementation: str | None = field(
+        default=None, metadata=_answer(True, "sdpa, eager and flash attention differ numerically in half precision")
+    )
     # Never run code shipped with a checkpoint unless asked.
-    trust_remote_code: bool = False
+    trust_remote_code: bool = field(default=False, metadata=_answer(True, "it changes which modelling code runs"))
     # Tiles per vision-tower batch.
-    tile_batch_size: int = 16
+    tile_batch_size: int = field(
+        default=16, metadata=_answer(True, "another batch size can pick other GPU kernels (other rounding)")
+    )
     # Overrides the task's max_new_tokens when set.
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = field(default=None, metadata=_answer(True, "it cuts or lengthens the answer"))
     # Image files kept open (decoded) at once by the model, least recently used closed first.
-    image_cache: int = 1
-    # Options of the reducer (validated by the reducer).
-    reducer_options: Mapping[str, Any] = field(default_factory=dict)
+    image_cache: int = field(default=1, metadata=_answer(False, "how many files stay open, not which pixels are read"))
+    # Options of the reducer (validated by the reducer); for c2f also focus and focus_options (the scorer's knobs).
+    reducer_options: Mapping[str, Any] = field(
+        default_factory=dict, metadata=_answer(True, "the method's settings, the scorer's included")
+    )
     # Folder of the crash-safe answer store (lrs_plugin.harness.resume); None: answers are not saved.
-    resume_dir: str | None = None
+    resume_dir: str | None = field(default=None, metadata=_answer(False, "where answers are saved, not how"))
     # False ignores resume_dir (neither reads nor writes the store).
-    resume: bool = True
+    resume: bool = field(default=True, metadata=_answer(False, "whether answers are saved, not how"))
     # True: a resume_dir that cannot be created, read or written stops the run (ResumeStoreError); False: one
     # warning, the run goes on without saving (samples marked resume_disabled).
-    resume_strict: bool = False
+    resume_strict: bool = field(default=False, metadata=_answer(False, "what a failed save does, not the answer"))
 
     def __post_init__(self) -> None:
         if not isinstance(self.pretrained, str) or not self.pretrained:
@@ -154,3 +180,54 @@ def parse_model_args(kwargs: Mapping[str, Any]) -> ModelSettings:
         raise ConfigError(f"focus / focus_* options apply to reducer=c2f only, not reducer={settings['reducer']!r}")
     options.update(args)
     return ModelSettings(**settings, reducer_options=options)
+
+
+def _option_args(reducer: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Reducer options under their ``--model_args`` names (C2F's ``focus_options`` back into ``focus_<knob>``)."""
+    args: dict[str, Any] = {}
+    for key, value in options.items():
+        if reducer == "c2f" and key == "focus_options":
+            args.update({f"focus_{knob}": knob_value for knob, knob_value in dict(value).items()})
+        else:
+            args[key] = value
+    return args
+
+
+def answer_settings(settings: ModelSettings) -> dict[str, Any]:
+    """Every setting that can change an answer, keyed by its ``--model_args`` name.
+
+    The one definition of "what changes an answer": the fields whose metadata says ``changes_answer=True``, with the
+    reducer options (C2F's ``focus`` and ``focus_<knob>`` included) spread into their own names. The resume store's
+    fingerprint (:func:`lrs_plugin.harness.resume.settings_fingerprint`) and the leaderboard's ``config_hash`` and
+    ``setting`` (:mod:`lrs_plugin.leaderboard.results`) are built from it. Defaults are included, so a setting
+    spelled out at its default value and one left out give the same dict.
+
+    Raises:
+        ConfigError: a reducer option named like a setting (only possible when ``ModelSettings`` is built by hand).
+    """
+    args: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for f in fields(settings):
+        if not f.metadata["changes_answer"]:
+            continue
+        value = getattr(settings, f.name)
+        if f.name == "reducer_options":
+            options = _option_args(settings.reducer, value)
+        else:
+            args[f.name] = value
+    clash = sorted(set(options) & {f.name for f in fields(settings)})
+    if clash:
+        raise ConfigError(f"reducer options {clash} have the names of settings; rename them")
+    return {**args, **options}
+
+
+def changes_answer(key: str) -> bool:
+    """Whether a ``--model_args`` key can change an answer, by the :class:`ModelSettings` field metadata.
+
+    A key that is not a field (a reducer or scorer option, ``batch_size``, another lmms-eval model's option) counts:
+    anything that may change a generated token does.
+    """
+    for f in fields(ModelSettings):
+        if f.name == key:
+            return bool(f.metadata["changes_answer"])
+    return True

@@ -1,7 +1,8 @@
 """``leaderboard.csv``.
 
-Schema and validation (:mod:`.schema`), measured rows from results files (:mod:`.results`), the paper's rows
-(:mod:`.paper`), rendering (:mod:`.render`) and locked submission (:mod:`.submit`).
+Schema and validation (:mod:`.schema`), measured rows from results files (:mod:`.results`) and their model
+arguments (:mod:`.model_args`), the paper's rows (:mod:`.paper`), rendering (:mod:`.render`) and locked submission
+(:mod:`.submit`).
 """
 
 from lrs_plugin._lazy import lazy_exports

@@ -1,8 +1,11 @@
-"""One ``source=measured`` leaderboard row from an lmms-eval results file (and, optionally, its samples files)."""
+"""One ``source=measured`` leaderboard row from an lmms-eval results file (and, optionally, its samples files).
+
+The row's ``setting`` and ``config_hash`` come from the model arguments as :mod:`.model_args` reads them (the
+harness's one definition of what changes an answer).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -13,6 +16,13 @@ from typing import Any
 
 from lrs_plugin.data.lrs_vqa import SUBSETS
 from lrs_plugin.data.mme_realworld_rs import EXPECTED_ROWS as MME_ROWS
+from lrs_plugin.leaderboard.model_args import (
+    answer_args,
+    config_hash,
+    default_setting,
+    model_kwargs,
+    written_model_args,
+)
 from lrs_plugin.leaderboard.schema import (
     ACCURACY_COLUMNS,
     COLUMNS,
@@ -37,24 +47,6 @@ OUR_TASKS = frozenset({*LRS_TASKS, *MME_TASKS, "lrs_vqa"})
 LRS_VQA_QUESTIONS = 7333
 """Questions of the full LRS-VQA benchmark (all three subsets)."""
 
-# model_args keys that cannot change an answer: left out of ``setting`` and of ``config_hash``.
-_NON_SEMANTIC_ARGS = frozenset(
-    {
-        "pretrained",
-        "reducer",
-        "device",
-        "device_map",
-        "attn_implementation",
-        "tile_batch_size",
-        "batch_size",
-        "max_batch_size",
-        "image_cache",
-        "trust_remote_code",
-        "resume_dir",
-        "resume",
-        "resume_strict",
-    }
-)
 _EFFICIENCY = {
     "vision_tokens_encoded": "eff_vision_tokens_encoded,none",
     "vision_tokens_to_llm": "eff_vision_tokens_to_llm,none",
@@ -78,17 +70,6 @@ def _load_json(path: Path) -> dict[str, Any]:
     ):
         raise LeaderboardError(f"{path} is not an lmms-eval results file (no 'results' and 'config' objects)")
     return data
-
-
-def parse_model_args(text: str) -> dict[str, str]:
-    """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}`` (lmms-eval's comma-separated ``key=value`` form)."""
-    args: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise LeaderboardError(f"model_args part {shown(part)} is not key=value (model_args={shown(text)})")
-        args[key.strip()] = value.strip()
-    return args
 
 
 def _model_name(pretrained: str) -> str:
@@ -234,42 +215,6 @@ def _method_of(reducer: str | None) -> str:
     return "none" if reducer in (None, "", "anyres") else str(reducer)
 
 
-def default_setting(semantic_args: Mapping[str, str]) -> str:
-    """A measured row's default ``setting`` from its answer-changing ``model_args`` (pretrained / reducer excluded).
-
-    ``max_tiles=N`` with square pinpoints (the default) is the paper's ``anyres-pN`` and is named so, first, so that
-    measured rows line up with the paper's (``reducer=fastv,max_tiles=144`` -> ``anyres-p144``); the other arguments
-    follow sorted as ``k=v``; no argument at all is ``default``.
-    """
-    rest = dict(sorted(semantic_args.items()))
-    parts = []
-    if (
-        "max_tiles" in rest
-        and rest.get("pinpoints", "square") == "square"
-        and str(rest["max_tiles"]) not in ("", "None")
-    ):
-        parts.append(f"anyres-p{rest.pop('max_tiles')}")
-        rest.pop("pinpoints", None)
-    parts += [f"{k}={v}" for k, v in rest.items()]
-    return ",".join(parts) or "default"
-
-
-def config_hash(harness_model: str, model: str, model_args: Mapping[str, str], versions: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of the configuration that can change the answers.
-
-    That is the lmms-eval model (e.g. ``c2f_llava``), the model name (not its local path), the reducer, the
-    answer-changing ``model_args`` and the task versions.
-    """
-    canonical = {
-        "harness_model": harness_model,
-        "model": model,
-        "reducer": model_args.get("reducer", ""),
-        "model_args": {k: v for k, v in sorted(model_args.items()) if k not in _NON_SEMANTIC_ARGS},
-        "tasks": {k: str(v) for k, v in sorted(versions.items())},
-    }
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def build_row(
     results_json_path: str | Path,
     *,
@@ -327,22 +272,20 @@ def build_row(
     sizes = _task_sizes(data, tasks, path)
     _check_complete(data, sizes, path)
     sample_modes = _read_samples(samples or (), tasks, sizes)
-    raw_args = data["config"].get("model_args") or ""
-    if isinstance(raw_args, Mapping):
-        args = {str(k): str(v) for k, v in raw_args.items()}
-    else:
-        args = parse_model_args(str(raw_args))
+    harness_model = str(data["config"].get("model") or "")
+    given = written_model_args(data["config"])
+    answers = answer_args(harness_model, model_kwargs(data["config"]))
     row: dict[str, Any] = {c.name: "" if c.kind == "text" else None for c in COLUMNS}
-    pretrained = args.get("pretrained") or str(data.get("model_name") or "")
-    semantic = {k: v for k, v in sorted(args.items()) if k not in _NON_SEMANTIC_ARGS}
+    pretrained = str(answers.get("pretrained") or data.get("model_name") or "")
+    shown_args = {k: v for k, v in answers.items() if k in given and k not in ("pretrained", "reducer")}
     row.update(
         model=model or _model_name(pretrained),
         backbone=backbone or "",
         vision_encoder=vision_encoder or "",
         llm=llm or "",
         train_data=train_data or "",
-        method=method or _method_of(args.get("reducer")),
-        setting=setting or default_setting(semantic),
+        method=method or _method_of(answers.get("reducer")),
+        setting=setting or default_setting(shown_args),
     )
     for task in tasks:
         metrics = results[task]
@@ -370,9 +313,7 @@ def build_row(
         scoring=_scoring(data, tasks, sample_modes, path),
         plugin_version=_plugin_version(),
         lmms_eval_version=_lmms_eval_version(data),
-        config_hash=config_hash(
-            str(data["config"].get("model") or ""), _model_name(pretrained), args, data.get("versions") or {}
-        ),
+        config_hash=config_hash(harness_model, _model_name(pretrained), answers, data.get("versions") or {}),
         date=_date(data, path),
         results_link=link or str(results_json_path),
         reference=f"lmms-eval results {path.name}, tasks {','.join(tasks)}",

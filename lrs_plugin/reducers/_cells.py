@@ -95,10 +95,9 @@ def encoded_region(backbone: Backbone, image_wh: tuple[int, int]) -> tuple[float
     if backbone.arch == "llava_next":
         return None
     from lrs_plugin.backbone.token_cells import tile_extent
+    from lrs_plugin.data.lrs_vqa import clip_box
 
-    x1, y1, x2, y2 = tile_extent(image_wh, backbone.tile_size, tile_fit(backbone))
-    w, h = image_wh
-    return (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+    return clip_box(tile_extent(image_wh, backbone.tile_size, tile_fit(backbone)), image_wh, whole_pixels=False)
 
 
 def focus_recall(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.flops.terms import equivalent_tokens  # re-exported: the one layer average
 from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
 
 if TYPE_CHECKING:
@@ -115,13 +116,6 @@ def select_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= n:
         raise ConfigError(f"keep={keep!r} must be an int in [1, {n}] (never zero tokens)")
     return torch.sort(torch.topk(scores, keep).indices).values
-
-
-def equivalent_tokens(per_layer: Sequence[int]) -> float:
-    """Layer-averaged token count ``Σ_l n_l / L`` (how FastV / PDrop / SparseVLM count a budget, baselines.md §1.1)."""
-    if not per_layer:
-        raise ConfigError("per_layer must hold one count per decoder layer; got none")
-    return float(sum(per_layer)) / len(per_layer)
 
 
 def check_stages(stages: Sequence[DropStage], num_layers: int, num_image: int) -> None:

@@ -8,6 +8,7 @@ two options: ``max_tiles=N`` (grid tiles allowed, base image not counted; LLaVA-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,9 +19,14 @@ from lrs_plugin.errors import ConfigError
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
 
-__all__ = ["TILE_OPTIONS", "TileLimit", "option_int", "take_options"]
+__all__ = ["TILE_OPTIONS", "TileLimit", "is_finite_number", "option_int", "take_options"]
 
 TILE_OPTIONS = ("max_tiles", "pinpoints")
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether a config value is a finite ``int`` or ``float`` (not a bool): the reducers' configs check numbers so."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def option_int(value: object, name: str, reducer: str, *, allow_none: bool = False) -> int | None:

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
+from lrs_plugin.backbone.adapter import SUPPORTED_ARCHS
+
 if TYPE_CHECKING:
     from lrs_plugin.imagery.large_image import LargeImage
 
@@ -40,8 +42,8 @@ __all__ = [
 ]
 
 STAGES = ("pre_llm", "pyramid", "in_llm")
-ARCHS = ("llava", "llava_next")
-"""Backbone architectures (``config.model_type``) a reducer may declare it supports."""
+ARCHS = SUPPORTED_ARCHS
+"""Backbone architectures (``config.model_type``) a reducer may declare it supports: the adapter's."""
 
 
 @dataclass

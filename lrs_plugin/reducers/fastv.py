@@ -25,18 +25,16 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.flops.terms import equivalent_tokens, fastv_keep, staged_tokens_per_layer
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
-from lrs_plugin.reducers._tiles import take_options
+from lrs_plugin.reducers._tiles import is_finite_number, take_options
 from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
 
+# fastv_keep (the keep rule) is owned by lrs_plugin.flops.terms, which counts FastV's FLOPs with it; re-exported here.
 __all__ = ["FastVConfig", "FastVReducer", "fastv_equivalent_tokens", "fastv_keep", "solve_fastv_keep"]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -53,20 +51,15 @@ class FastVConfig:
     def __post_init__(self) -> None:
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise ConfigError(f"FastVConfig.k={self.k!r} is invalid; valid: None or an int >= 1")
-        if not _is_number(self.r) or not 0 <= self.r < 1:
+        if not is_finite_number(self.r) or not 0 <= self.r < 1:
             raise ConfigError(f"FastVConfig.r={self.r!r} is invalid; valid: a number with 0 <= r < 1")
-        if self.budget is not None and (not _is_number(self.budget) or self.budget <= 0):
+        if self.budget is not None and (not is_finite_number(self.budget) or self.budget <= 0):
             raise ConfigError(f"FastVConfig.budget={self.budget!r} is invalid; valid: None or a number > 0")
 
 
-def fastv_keep(num_image: int, r: float) -> int:
-    """Image tokens FastV keeps: ``max(1, round(N·(1-R)))``."""
-    return max(1, min(num_image, round(num_image * (1 - r))))
-
-
 def fastv_equivalent_tokens(num_image: int, keep: int, k: int, num_layers: int) -> float:
-    """Layer-averaged vision tokens ``(K·N + (L-K)·keep) / L``."""
-    return (k * num_image + (num_layers - k) * keep) / num_layers
+    """Layer-averaged vision tokens ``(K·N + (L-K)·keep) / L`` (the layout and average the FLOPs use)."""
+    return equivalent_tokens(staged_tokens_per_layer(num_image, num_layers, [(k, keep)]))
 
 
 def solve_fastv_keep(num_image: int, budget: float, k: int, num_layers: int) -> int:

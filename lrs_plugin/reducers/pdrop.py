@@ -29,13 +29,15 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.flops.terms import equivalent_tokens, pdrop_keeps, staged_tokens_per_layer
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
-from lrs_plugin.reducers._tiles import take_options
+from lrs_plugin.reducers._tiles import is_finite_number, take_options
 from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
 
+# pdrop_keeps (the keep rule) is owned by lrs_plugin.flops.terms, which counts PDrop's FLOPs with it; re-exported here.
 __all__ = [
     "PDropConfig",
     "PDropReducer",
@@ -45,10 +47,6 @@ __all__ = [
     "quarter_layers",
     "solve_pdrop_lambda",
 ]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -73,9 +71,9 @@ class PDropConfig:
                     f"PDropConfig.layer_list={items!r} is invalid; valid: None or a non-empty tuple of increasing "
                     "ints >= 1"
                 )
-        if not _is_number(self.lam) or not 0 < self.lam <= 1:
+        if not is_finite_number(self.lam) or not 0 < self.lam <= 1:
             raise ConfigError(f"PDropConfig.lam={self.lam!r} is invalid; valid: a number with 0 < lam <= 1")
-        if self.budget is not None and (not _is_number(self.budget) or self.budget <= 0):
+        if self.budget is not None and (not is_finite_number(self.budget) or self.budget <= 0):
             raise ConfigError(f"PDropConfig.budget={self.budget!r} is invalid; valid: None or a number > 0")
 
 
@@ -108,16 +106,12 @@ def quarter_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(set(points)))
 
 
-def pdrop_keeps(num_image: int, lam: float, num_stages: int) -> list[int]:
-    """Image tokens kept after each stage: ``max(1, int(N·λ^s))`` for ``s = 1..S`` (PDrop's ``int``)."""
-    return [max(1, min(num_image, int(num_image * lam**s))) for s in range(1, num_stages + 1)]
-
-
 def pdrop_equivalent_tokens(num_image: int, keeps: Sequence[int], layer_list: Sequence[int], num_layers: int) -> float:
-    """Layer-averaged vision tokens ``(l_1·N + Σ_s (l_{s+1} - l_s)·keep_s) / L`` with ``l_{S+1} = L``."""
-    bounds = [*layer_list, num_layers]
-    total = layer_list[0] * num_image + sum((bounds[s + 1] - bounds[s]) * keeps[s] for s in range(len(keeps)))
-    return total / num_layers
+    """Layer-averaged vision tokens ``(l_1·N + Σ_s (l_{s+1} - l_s)·keep_s) / L`` with ``l_{S+1} = L``.
+
+    The layout and average the FLOPs use (:func:`lrs_plugin.flops.terms.staged_tokens_per_layer`).
+    """
+    return equivalent_tokens(staged_tokens_per_layer(num_image, num_layers, zip(layer_list, keeps, strict=True)))
 
 
 def solve_pdrop_lambda(num_image: int, budget: float, layer_list: Sequence[int], num_layers: int) -> float:

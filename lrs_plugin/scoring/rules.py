@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lrs_plugin.data.lrs_vqa import SUBSETS as LRS_DATA_SUBSETS
+from lrs_plugin.data.lrs_vqa import subset_of as question_subset
 from lrs_plugin.errors import ConfigError, ScoringInputError
 from lrs_plugin.scoring.answer_files import read_answer_records, read_lrs_answers, read_mme_answers
 
@@ -53,8 +55,8 @@ __all__ = [
 SYNONYM_MODES = ("wordnet", "exact")
 #: MME-RealWorld answer extraction: ``official`` (``eval_your_results.py``) or ``strict`` (a standalone letter only).
 MME_EXTRACTION_MODES = ("official", "strict")
-#: LRS-VQA subsets, in report order; the question id is ``<subset>_<n>``.
-LRS_SUBSETS = ("FAIR", "GLH-Bridge", "STAR")
+#: LRS-VQA subsets, in report order (the data module's table); the question id is ``<subset>_<n>``.
+LRS_SUBSETS: tuple[str, ...] = tuple(LRS_DATA_SUBSETS)
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,14 @@ def overall_accuracy(records: Iterable[Any]) -> float:
 
 
 def subset_of(question_id: str) -> str:
-    """The LRS-VQA subset of a question id: the part before the first ``_`` (``"GLH-Bridge_12"`` -> ``GLH-Bridge``).
+    """The LRS-VQA subset of a question id (:func:`lrs_plugin.data.lrs_vqa.subset_of`), checked against the table.
+
+    ``"GLH-Bridge_12"`` -> ``GLH-Bridge``; the data module owns how an id is read, this adds the scoring error.
 
     Raises:
         ScoringInputError: The prefix is not one of :data:`LRS_SUBSETS`.
     """
-    subset = str(question_id).split("_", 1)[0]
+    subset = question_subset(question_id)
     if subset not in LRS_SUBSETS:
         raise ScoringInputError(
             f"question id {question_id!r} names no LRS-VQA subset; expected <subset>_<n> with subset in "

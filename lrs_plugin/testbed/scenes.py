@@ -404,7 +404,9 @@ def write_lrs_synth(
             questions.append({"question_id": f"{SUBSET}_{start * 4 + n}", "image": name, **q, "image_size": [w, h]})
             n += 1
         objects.append({"image": name, "objects": [[o.kind, o.color, list(o.box)] for o in scene.objects]})
-    _write_jsonl(root / "LRS_VQA" / "LRS_VQA_merged.jsonl", questions)
+    from lrs_plugin.data.lrs_vqa import QUESTION_FILE
+
+    _write_jsonl(root / QUESTION_FILE, questions)
     _write_jsonl(root / "LRS_VQA" / "objects.jsonl", objects)
     return root
 

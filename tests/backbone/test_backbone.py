@@ -123,6 +123,9 @@ def test_pool2x2(backbones):
     grid = feats.reshape(2, 4, 4, 3)
     torch.testing.assert_close(pooled[:, 0], grid[:, :2, :2].mean(dim=(1, 2)))
     torch.testing.assert_close(pooled[:, 3], grid[:, 2:, 2:].mean(dim=(1, 2)))
+    from lrs_plugin.backbone.anyres import pool_tiles
+
+    assert torch.equal(pooled, pool_tiles(feats, "average"))  # one 2x2 pooling (anyres owns it)
     with pytest.raises(ConfigError, match="even square"):
         bb.pool2x2(torch.zeros(1, 17, 3))
     with pytest.raises(ConfigError, match="even square"):

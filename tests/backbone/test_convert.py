@@ -507,3 +507,17 @@ def test_converted_folder_is_readable_by_others(converted):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_convert_reads_dtype_as_the_adapter_does(tmp_path):
+    # One dtype reading (backbone.adapter): the same choices and the same refusal, before the source is touched.
+    from lrs_plugin.backbone import adapter, convert
+
+    assert convert.DTYPES is adapter.DTYPES
+    with pytest.raises(
+        ConfigError, match="dtype='fp8' is not supported; valid choices: auto, float32, float16, bfloat16"
+    ):
+        convert_original_llava(tmp_path / "missing", tmp_path / "out", dtype="fp8")
+    assert (
+        convert._cast({"w": torch.ones(1), "i": torch.ones(1, dtype=torch.long)}, "float16")["w"].dtype == torch.float16
+    )

@@ -197,3 +197,13 @@ def test_widths_and_corpus_override_the_tiny_sizes(tmp_path):
     assert "zebra" in AutoTokenizer.from_pretrained(out).get_vocab()  # trained on the given corpus
     with pytest.raises(ConfigError, match=r"widths has unknown keys \['hidden'\]"):
         build_tiny_llava(tmp_path / "x", widths={"hidden": 8})
+
+
+def test_one_list_of_architectures():
+    # The adapter owns the supported architectures and text models; the tiny builder and the reducers read them.
+    from lrs_plugin.backbone import adapter, tiny
+    from lrs_plugin.reducers import base
+
+    assert tiny.ARCHS is adapter.SUPPORTED_ARCHS is base.ARCHS == ("llava", "llava_next")
+    assert tiny.LMS is adapter.SUPPORTED_TEXT_MODELS == ("llama", "qwen2")
+    assert {a for a, _ in VARIANTS} == set(tiny.ARCHS) and {lm for _, lm in VARIANTS} == set(tiny.LMS)

@@ -184,6 +184,14 @@ def test_newline_indices():
     assert newline_indices((30, 37))[-1] == 30 * 37 - 1
 
 
+def test_the_grid_reads_newlines_with_the_pyramid_rule():
+    from lrs_plugin.c2f.grid import grid_newline_indices
+
+    for shape in ((3, 5), (30, 37), (1, 2)):
+        assert grid_newline_indices(shape, True) == newline_indices(shape)
+        assert grid_newline_indices(shape, False) == []
+
+
 def test_vote_tiles_maps_rows_and_columns_like_the_original():
     # 7000x6000: grid (30, 37) -> level-1 tiles (5, 6)
     assert vote_tiles([0, 0, 1], (30, 37), (5, 6)) == [(0, 0)]

@@ -642,6 +642,34 @@ def _real_question_file() -> Path | None:
     return path if path.is_file() else None
 
 
+@pytest.mark.parametrize(
+    ("qid", "subset"),
+    [
+        ("FAIR_1", "FAIR"),
+        ("GLH-Bridge_1062", "GLH-Bridge"),
+        ("STAR_3999", "STAR"),
+        ("SYNTH_7", "SYNTH"),  # the testbed's ids
+        ("FAIR", "FAIR"),
+    ],
+)
+def test_subset_of_reads_every_id_form_and_scoring_uses_it(qid, subset):
+    from lrs_plugin import scoring
+
+    assert lrs_vqa.subset_of(qid) == subset
+    if subset in scoring.LRS_SUBSETS:
+        assert scoring.subset_of(qid) == subset
+    assert scoring.LRS_SUBSETS == tuple(lrs_vqa.SUBSETS)
+
+
+@pytest.mark.skipif(_real_question_file() is None, reason="real LRS_VQA_merged.jsonl not available")
+def test_subset_of_on_every_real_question_id():
+    from lrs_plugin import scoring
+
+    ids = [json.loads(line)["question_id"] for line in _real_question_file().read_text().splitlines() if line]
+    assert {re.sub(r"_\d+$", "_N", q) for q in ids} == {"FAIR_N", "GLH-Bridge_N", "STAR_N"}  # the id forms
+    assert all(lrs_vqa.subset_of(q) == scoring.subset_of(q) == q.rsplit("_", 1)[0] for q in ids)
+
+
 REAL_COUNTS = {  # datasets.md section 2.2
     "FAIR": {
         "count": 400,

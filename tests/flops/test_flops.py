@@ -161,6 +161,26 @@ def test_fastv_and_pdrop_layer_averages_on_576_tokens():
     assert pdrop_tokens_per_layer(10, 4, [], []) == [10] * 4
 
 
+def test_the_reducers_use_the_flops_schedules():
+    # One owner: the fastv / pdrop reducers keep, lay out and average tokens with these functions.
+    from lrs_plugin.reducers import _prefill, fastv, pdrop
+
+    assert fastv.fastv_keep is flops.fastv_keep and pdrop.pdrop_keeps is flops.pdrop_keeps
+    assert _prefill.equivalent_tokens is flops.equivalent_tokens
+    for n, layers, k, r in ((576, 32, 2, 0.5), (21312, 28, 2, 0.5), (3, 4, 1, 0.99), (10, 3, 0, 0.25)):
+        keep = fastv.fastv_keep(n, r)
+        assert fastv_tokens_per_layer(n, layers, k, r) == [n] * k + [keep] * (layers - k)
+        assert fastv.fastv_equivalent_tokens(n, keep, k, layers) == equivalent_tokens(
+            fastv_tokens_per_layer(n, layers, k, r)
+        )
+    for n, layers, bounds in ((576, 32, [8, 16, 24]), (21312, 28, [7, 14, 21]), (4, 8, [2, 4, 6])):
+        keeps = pdrop.pdrop_keeps(n, 0.5, 3)
+        per_layer = pdrop_tokens_per_layer(n, layers, bounds, [0.5, 0.25, 0.125])
+        assert per_layer == flops.staged_tokens_per_layer(n, layers, zip(bounds, keeps, strict=True))
+        assert pdrop.pdrop_equivalent_tokens(n, keeps, bounds, layers) == equivalent_tokens(per_layer)
+    assert fastv_tokens_per_layer(0, 3, k=1, r=0.5) == [0, 0, 0]  # no image, nothing kept
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

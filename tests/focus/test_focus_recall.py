@@ -15,6 +15,41 @@ def test_clipped_box():
         clipped_box([0, 0, 1], (10, 10))
 
 
+@pytest.mark.parametrize(
+    "box",
+    [[-5, -5, 10, 10], [30, 30, 40, 40], [10.4, 20.6, 30.2, 19.9], [12, 5, 99, 10], [40, 30, -3, 2], [0, 0, 0, 5]],
+)
+def test_one_clipping_rule_for_data_recall_and_the_oracle(box):
+    import torch
+
+    from lrs_plugin.data.lrs_vqa import clip_box
+    from lrs_plugin.focus.scorers import FocusContext, OracleScorer
+
+    image_wh = (30, 20)
+    clipped = clipped_box(box, image_wh)
+    assert clipped == clip_box(box, image_wh, whole_pixels=False)
+    widened = clip_box(box, image_wh)
+    assert (widened is None) == (clipped is None)  # widening never empties nor fills a box
+    cells = torch.tensor([[x, y, x + 5, y + 5] for y in range(0, 20, 5) for x in range(0, 30, 5)], dtype=torch.float32)
+    ctx = FocusContext(box=tuple(float(v) for v in box), image_wh=image_wh, token_boxes=cells)
+    hit = OracleScorer(None).score(
+        torch.zeros(1, len(cells) + 1, 4),
+        grid_span=slice(0, len(cells)),
+        query_index=len(cells),
+        key_mask=None,
+        context=ctx,
+    )
+    expected = (
+        [0.0] * len(cells)
+        if clipped is None
+        else [
+            float(c[0] < clipped[2] and c[2] > clipped[0] and c[1] < clipped[3] and c[3] > clipped[1])
+            for c in cells.tolist()
+        ]
+    )
+    assert hit.tolist() == expected
+
+
 def test_tile_of_the_box_centre_at_a_zoom_level():
     pyramid = build_pyramid(2000, 4000, tile=336, base_long_side=1008)  # H, W
     level = pyramid.levels[1]  # 2016 x 1008 content, 6 x 3 tiles

@@ -76,6 +76,9 @@ def test_model_args_resume_knobs(ckpt_dir):
         {"attn_implementation": "eager"},
         {"max_new_tokens": 4},
         {"trust_remote_code": True},
+        {"device": "cuda:1"},
+        {"device_map": "auto"},
+        {"tile_batch_size": 4},
     ],
 )
 def test_settings_hash_changes_with_every_answer_setting(ckpt_dir, change):
@@ -96,7 +99,9 @@ def test_settings_hash_follows_checkpoint_and_version(ckpt_dir, tmp_path):
     assert checkpoint_fingerprint("org/model") == {"path": "org/model", "config_sha256": None}
 
 
-@pytest.mark.parametrize("change", [{"device": "cuda:1"}, {"tile_batch_size": 4}, {"resume_dir": "/elsewhere"}])
+@pytest.mark.parametrize(
+    "change", [{"image_cache": 4}, {"resume_dir": "/elsewhere"}, {"resume": False}, {"resume_strict": True}]
+)
 def test_settings_hash_ignores_what_cannot_change_answers(ckpt_dir, change):
     base = settings_fingerprint(_settings(ckpt_dir), plugin_version="1.0")
     assert settings_fingerprint(_settings(ckpt_dir, **change), plugin_version="1.0") == base

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from loguru import logger
 
-from lrs_plugin.harness import resume
 from lrs_plugin.errors import ConfigError, LrsPluginError
+from lrs_plugin.harness import resume
 from lrs_plugin.harness.resume import RESUME_DISABLED_KEY, ResumeStore, ResumeStoreError, record_checksum
 from lrs_plugin.harness.settings import parse_model_args
 
@@ -312,11 +312,12 @@ def test_resume_strict_model_arg_is_a_validated_bool_that_changes_no_answer(tmp_
 
 
 def test_resume_strict_does_not_change_the_leaderboard_config_hash():
-    from lrs_plugin.leaderboard.results import config_hash
+    from lrs_plugin.leaderboard.model_args import answer_args, config_hash
 
-    args = {"reducer": "c2f", "keep_ratio": "0.25"}
-    assert config_hash("c2f_llava", "m", {**args, "resume_strict": "true"}, {"t": 1}) == config_hash(
-        "c2f_llava", "m", args, {"t": 1}
+    args = {"pretrained": "/c/m", "reducer": "c2f", "keep_ratio": 0.25}
+    strict = answer_args("c2f_llava", {**args, "resume_strict": True})
+    assert config_hash("c2f_llava", "m", strict, {"t": 1}) == config_hash(
+        "c2f_llava", "m", answer_args("c2f_llava", args), {"t": 1}
     )
 
 

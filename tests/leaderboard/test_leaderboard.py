@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lrs_plugin.leaderboard import results as results_mod
-from lrs_plugin.leaderboard import submit as lb
 from lrs_plugin.data.lrs_vqa import SUBSETS
 from lrs_plugin.errors import LrsPluginError
+from lrs_plugin.leaderboard import results as results_mod
+from lrs_plugin.leaderboard import submit as lb
 from lrs_plugin.leaderboard.paper import normalize_name, paper_rows_from_reference
 from lrs_plugin.leaderboard.render import MARKER_END, MARKER_START, pareto_front
 from lrs_plugin.leaderboard.schema import COLUMN_NAMES, parse_row, row_key, sort_rows
@@ -44,7 +44,9 @@ def _cat_metrics(values: list[float], names: tuple[str, ...]) -> dict[str, float
 def write_results(
     folder: Path,
     *,
-    model_args: str = "pretrained=/ckpts/llava-next-qwen2-7b,reducer=c2f,keep_ratio=0.25,device=cuda:0",
+    model_args: str = "pretrained=/ckpts/llava-next-qwen2-7b,reducer=c2f,keep_ratio=0.25",
+    model: str = "c2f_llava",
+    device: str | None = None,
     tasks: tuple[str, ...] = tuple(SIZES),
     base: float = 20.0,
     limit: int | None = None,
@@ -85,7 +87,7 @@ def write_results(
             **{t: {"metadata": {"version": 1.0, "scoring": "exact match or WordNet path_similarity"}} for t in tasks},
             "mmerealworld_rs": {"metadata": {"version": 1.0, "extraction": "official"}},
         },
-        "config": {"model": "c2f_llava", "model_args": model_args, "limit": limit},
+        "config": {"model": model, "model_args": model_args, "batch_size": 1, "device": device, "limit": limit},
         "lmms_eval_version": "main@d72f451",
         "date": "20260102_030405",
     }
@@ -155,14 +157,30 @@ def test_round_trip_results_file_to_csv_and_back(tmp_path):
     assert ",25.00,23.00,26.00," in text  # one float format for accuracies
 
 
-def test_config_hash_ignores_device_and_path_but_not_reducer_options(tmp_path):
-    def hash_of(args: str, name: str) -> str:
-        return lb.build_row(write_results(tmp_path / name, model_args=args, samples=False), hardware="h")["config_hash"]
+def test_config_hash_ignores_path_and_resume_but_not_device_or_reducer_options(tmp_path):
+    def hash_of(args: str, name: str, device: str | None = None) -> str:
+        results = write_results(tmp_path / name, model_args=args, device=device, samples=False)
+        return lb.build_row(results, hardware="h")["config_hash"]
 
     a = hash_of("pretrained=/a/ckpt,reducer=c2f,keep_ratio=0.25,device=cuda:0", "a")
-    b = hash_of("keep_ratio=0.25,device=cpu,reducer=c2f,resume_dir=/tmp/store,pretrained=/elsewhere/ckpt", "b")
-    c = hash_of("pretrained=/a/ckpt,reducer=c2f,keep_ratio=0.5", "c")
-    assert a == b != c
+    b = hash_of(
+        "keep_ratio=0.25,image_cache=4,reducer=c2f,resume_dir=/tmp/store,pretrained=/elsewhere/ckpt", "b", "cuda:0"
+    )
+    c = hash_of("pretrained=/a/ckpt,keep_ratio=0.25,device=cuda:0,tile_batch_size=16,focus=auto", "c")  # defaults
+    assert a == b == c  # --device on the command line reaches the model as device=
+    assert hash_of("pretrained=/a/ckpt,reducer=c2f,keep_ratio=0.5,device=cuda:0", "d") != a
+    assert hash_of("pretrained=/a/ckpt,reducer=c2f,keep_ratio=0.25,device=cpu", "e") != a
+    assert hash_of("pretrained=/a/ckpt,reducer=c2f,keep_ratio=0.25", "f") != a
+
+
+def test_rows_of_other_lmms_eval_models_keep_their_model_method_and_setting(tmp_path):
+    args = "pretrained=llava-hf/llava-v1.6-mistral-7b-hf,attn_implementation=sdpa,resume_dir=/x,max_pixels=1e6"
+    results = write_results(tmp_path / "hf", model="llava_hf", model_args=args, device="cuda", samples=False)
+    row = lb.build_row(results, hardware="h")
+    assert (row["model"], row["method"]) == ("llava-hf/llava-v1.6-mistral-7b-hf", "none")
+    assert row["setting"] == "attn_implementation=sdpa,max_pixels=1000000.0"  # typed as lmms-eval types it
+    other = write_results(tmp_path / "hf2", model="llava_hf", model_args=args, device="cpu", samples=False)
+    assert lb.build_row(other, hardware="h")["config_hash"] != row["config_hash"]
 
 
 def test_cli_submit_validate_render_through_a_subprocess(tmp_path):
@@ -475,7 +493,9 @@ def test_csv_text_is_stable():
 @pytest.mark.parametrize(
     ("model_args", "setting"),
     [
-        ("pretrained=/c/m,reducer=fastv,max_tiles=144,device=cuda:0", "anyres-p144"),
+        ("pretrained=/c/m,reducer=fastv,max_tiles=144", "anyres-p144"),
+        ("pretrained=/c/m,reducer=fastv,max_tiles=144,device=cuda:0", "anyres-p144,device=cuda:0"),
+        ("pretrained=/c/m,reducer=none,resume_dir=/s,image_cache=2,trust_remote_code=True", "trust_remote_code=true"),
         (
             "pretrained=/c/m,reducer=visionzip,max_tiles=25,dominant=54,contextual=10",
             "anyres-p25,contextual=10,dominant=54",

@@ -269,6 +269,11 @@ def test_stats_and_accounting(backbones, image_path, variant):
     pdrop = build_reducer("pdrop", backbone).answer(image_path, QUESTION, doc={}, max_new_tokens=2).stats
     n_img = pdrop["vision_tokens_to_llm"]
     assert pdrop["vision_tokens_per_layer"] == [n_img] * 2 + sum(([k] * 2 for k in pdrop_keeps(n_img, 0.5, 3)), [])
+    # what the run did is what the FLOPs schedules count
+    from lrs_plugin.flops.terms import fastv_tokens_per_layer, pdrop_tokens_per_layer
+
+    assert fastv["vision_tokens_per_layer"] == fastv_tokens_per_layer(fastv["vision_tokens_to_llm"], LAYERS, 2, 0.5)
+    assert pdrop["vision_tokens_per_layer"] == pdrop_tokens_per_layer(n_img, LAYERS, [2, 4, 6], [0.5, 0.25, 0.125])
 
 
 @pytest.mark.parametrize("name", ["fastv", "pdrop"])
