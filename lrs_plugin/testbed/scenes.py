@@ -52,7 +52,7 @@ from lrs_plugin.errors import ConfigError
 
 __all__ = [
     "BASE_LONG_SIDE",
-    "C2F_GEOMETRY",
+    "C2F_CLEAN",
     "CATEGORIES",
     "CHANCE",
     "COLORS",
@@ -104,11 +104,13 @@ COUNT_RANGE = (1, 5)
 CATEGORIES = ("count", "object color", "object position", "object shape")
 """Question categories (sorted, as the LRS-VQA tables sort them)."""
 
-C2F_GEOMETRY: dict[str, bool] = {"newline_vote_quirk": False, "unpad_floor_quirk": False}
-"""C2F's exact geometry, used by the testbed's C2F rows and by the training's pyramid formats. The released code's
-two quirks cost far more at this scale than on LRS-VQA: one pooled token is 16 px of the 96-px base level (1/6 of it,
-against 1/36 of 1,008 px), so the truncating unpad drops up to a sixth of a scene's short side at the base level, and
-the released tile vote (unpadded token grid over the padded tile grid) drifts by a tile per zoom."""
+C2F_CLEAN: dict[str, Any] = {"newline_vote_quirk": False, "unpad_floor_quirk": False, "masked_key_mode": "exclude"}
+"""The clean alternatives of the released code's three C2F quirks (docs/c2f.md), used by the testbed's C2F rows and
+by the training's pyramid formats. Two cost far more at this scale than on LRS-VQA: one pooled token is 16 px of the
+96-px base level (1/6 of it, against 1/36 of 1,008 px), so the truncating unpad drops up to a sixth of a scene's
+short side at the base level, and the released tile vote (unpadded token grid over the padded tile grid) drifts by
+a tile per zoom. Placeholder keys are excluded from every focus softmax, as the RFM is distilled (and the focus pass
+then runs the kept tokens only)."""
 
 FINE_CATEGORIES = ("object color", "object shape")
 """Categories whose answer needs the target near full resolution."""

@@ -441,7 +441,7 @@ class _ExampleMaker:
         def layout(feats: torch.Tensor) -> tuple[torch.Tensor, Any]:
             thumb, grid_feats = feats[0], bb.pool2x2(feats[1:])
             embeds, mask, shape = build_level_grid(
-                grid_feats, tiles, level.grid_hw, content_wh, newline, floor=sc.C2F_GEOMETRY["unpad_floor_quirk"]
+                grid_feats, tiles, level.grid_hw, content_wh, newline, floor=sc.C2F_CLEAN["unpad_floor_quirk"]
             )
             keep = mask.clone()
             if ratio < 1.0:
@@ -567,7 +567,7 @@ def _sequences(
         if focus is not None:
             p = len(prefix)
             focus = (slice(p + focus[0], p + vision.shape[0]), focus[1] + p, query)
-        out.append((seq, labels, focus))
+        out.append((seq, labels, focus, len(prefix) + vision.shape[0], _asked(e.question)))
     return out, aux_loss
 
 
@@ -576,7 +576,33 @@ FOCUS_LAYER = 3
 ``focus=llm_attention`` reads it and its RFM distils toward it."""
 
 
-def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Tensor, int]) -> torch.Tensor:
+PROBE_WORDS = (*sc.COLORS, *sc.SHAPES)
+"""Classes of the query probe: the colour or shape word a question names (:func:`_asked`)."""
+
+PROBE_WEIGHT = 0.0
+"""Weight of the query probe: a linear head (discarded after training) reads, from the last prompt token's input to
+:data:`FOCUS_LAYER`, the colour or shape the question names. It teaches the first hop of the routing the answer
+needs (question word -> the query), so the focus term's second hop (query -> the object's tokens) can form."""
+
+
+def _asked(question: str) -> int:
+    """Index in :data:`PROBE_WORDS` of the attribute ``question`` names; -100 when it names none (count, caption)."""
+    words = question.lower().replace("?", " ").split()
+    for k, word in enumerate(PROBE_WORDS):
+        if word in words:
+            return k
+    return -100
+
+
+FOCUS_OVER = "grid"
+"""Keys of the focus term's softmax: ``"grid"`` (the grid tokens, as ``focus=llm_attention`` scores) or
+``"sequence"`` (every key up to the query, text included: the attention that actually moves the object's features
+to the answer)."""
+
+
+def _focus_loss(
+    bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Tensor, int], positions: torch.Tensor
+) -> torch.Tensor:
     """``-log`` of the head-averaged attention mass the query puts on the object's grid tokens at :data:`FOCUS_LAYER`.
 
     The attention is rebuilt from the layer's q/k exactly as ``focus=llm_attention`` scores a grid (softmax over
@@ -586,6 +612,7 @@ def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Te
         bb: The backbone.
         hidden: ``[1, L, C]`` input of :data:`FOCUS_LAYER`.
         focus: ``(keys, target, query_index)`` from :func:`_sequences`.
+        positions: ``[L]`` RoPE positions of the rows (see :data:`POSITION_GAP`).
     """
     import torch
 
@@ -593,20 +620,42 @@ def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Te
 
     lm = bb.language_model
     keys, target, query = focus
+    if FOCUS_OVER == "sequence":  # every key up to the query: the attention that carries the object's features
+        keys = slice(0, query + 1)
     logits = query_logits(
-        lm.layers[FOCUS_LAYER], hidden, config=lm.config, rotary_emb=lm.rotary_emb, keys=keys, query_index=query
+        lm.layers[FOCUS_LAYER],
+        hidden,
+        config=lm.config,
+        rotary_emb=lm.rotary_emb,
+        keys=keys,
+        query_index=query,
+        positions=positions,
     )
     mass = torch.softmax(logits, dim=-1).mean(0)[target - keys.start].sum()
     return -torch.log(mass.clamp_min(1e-6))
 
 
+POSITION_GAP = (0.5, 2048)
+"""``(share, largest)``: that share of the joint-stage examples skips a random number of RoPE positions (up to
+``largest``) between the vision tokens and the question. Evaluating with every tile of a large scene puts up to
+~2,400 grid tokens between the question and the first tile, while a training sequence is at most ~900 tokens long:
+the skipped positions show the model those long query-to-image distances without paying for the tokens."""
+
+
 def _step_losses(
-    bb: Backbone, seqs: Sequence[tuple[torch.Tensor, torch.Tensor, Any]], *, token_budget: int = 3072
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bb: Backbone,
+    seqs: Sequence[tuple[torch.Tensor, torch.Tensor, Any, int, int]],
+    *,
+    gaps: Sequence[int] | None = None,
+    probe: torch.nn.Module | None = None,
+    token_budget: int = 3072,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``[B]`` answer loss per example (summed over its tokens) and the mean focus loss.
 
     The focus loss is ``None`` when no example has a focus target. Length-sorted micro-batches of at most
-    ``token_budget`` padded tokens, so one long example does not pad the whole step.
+    ``token_budget`` padded tokens, so one long example does not pad the whole step. ``gaps[i]`` RoPE positions
+    are skipped before example ``i``'s question (:data:`POSITION_GAP`; none by default). With ``probe``, the third
+    value is the query probe's mean cross-entropy (:data:`PROBE_WEIGHT`), else ``None``.
     """
     import torch
     import torch.nn.functional as F
@@ -614,6 +663,8 @@ def _step_losses(
     order = sorted(range(len(seqs)), key=lambda i: seqs[i][0].shape[0])
     losses: list[torch.Tensor | None] = [None] * len(seqs)
     focus_terms: list[torch.Tensor] = []
+    probe_rows: list[torch.Tensor] = []
+    probe_labels: list[int] = []
     group: list[int] = []
 
     def flush() -> None:
@@ -622,17 +673,25 @@ def _step_losses(
         embeds = seqs[group[0]][0].new_zeros(len(group), length, c)
         mask = torch.zeros(len(group), length, dtype=torch.long)
         labels = torch.full((len(group), length), -100, dtype=torch.long)
+        positions = torch.arange(length).repeat(len(group), 1)
         for b, i in enumerate(group):
-            seq, lab, _ = seqs[i]
+            seq, lab, _, question_at, _ = seqs[i]
             embeds[b, : seq.shape[0]], mask[b, : seq.shape[0]], labels[b, : seq.shape[0]] = seq, 1, lab
-        out = bb.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
+            positions[b, question_at:] += 0 if gaps is None else int(gaps[i])
+        out = bb.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, output_hidden_states=True
+        )
         hidden = out.last_hidden_state
         for b, i in enumerate(group):
             rows = labels[b] != -100
             losses[i] = F.cross_entropy(bb.lm_head(hidden[b][rows]), labels[b][rows], reduction="sum")
             focus = seqs[i][2]
             if focus is not None:
-                focus_terms.append(_focus_loss(bb, out.hidden_states[FOCUS_LAYER][b : b + 1], focus))
+                focus_terms.append(_focus_loss(bb, out.hidden_states[FOCUS_LAYER][b : b + 1], focus, positions[b]))
+            if probe is not None and seqs[i][4] >= 0:
+                query = int(rows.nonzero()[0])  # the last prompt token predicts the first answer token
+                probe_rows.append(out.hidden_states[FOCUS_LAYER][b, query])
+                probe_labels.append(seqs[i][4])
 
     for i in order:
         if group and (len(group) + 1) * seqs[i][0].shape[0] > token_budget:
@@ -641,7 +700,10 @@ def _step_losses(
         group.append(i)
     flush()
     focus_loss = torch.stack(focus_terms).mean() if focus_terms else None
-    return torch.stack(losses), focus_loss  # type: ignore[arg-type]
+    probe_loss = None
+    if probe_rows:
+        probe_loss = F.cross_entropy(probe(torch.stack(probe_rows)), torch.tensor(probe_labels))
+    return torch.stack(losses), focus_loss, probe_loss  # type: ignore[arg-type]
 
 
 def train_testbed(
@@ -778,7 +840,9 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
     width = bb.hidden_size
     aux = torch.nn.ModuleList([torch.nn.Linear(width, len(c)) for c in (AUX_COLORS, AUX_SHAPES)])
     vision_curve = _vision_pretrain(bb, maker, aux, cfg, log) if cfg.vision_steps else []
+    probe = torch.nn.Linear(width, len(PROBE_WORDS)) if PROBE_WEIGHT else None
     params = [p for p in model.parameters() if p.requires_grad] + list(aux.parameters())
+    params += list(probe.parameters()) if probe is not None else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     names = sorted(cfg.format_mix)
     shares = np.array([cfg.format_mix[n] for n in names], dtype=float)
@@ -800,11 +864,16 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
         for e in examples:
             counts[e.fmt] += 1
         seqs, aux_loss = _sequences(bb, examples, aux if cfg.aux_weight else None)
-        per_example, focus_loss = _step_losses(bb, seqs)
+        share, largest = POSITION_GAP
+        gaps = [int(rng.integers(1, largest + 1)) if rng.random() < share else 0 for _ in seqs]
+        per_example, focus_loss, probe_loss = _step_losses(bb, seqs, gaps=gaps, probe=probe)
         loss = per_example.mean()
         if aux_loss is not None:
             loss = loss + cfg.aux_weight * aux_loss
             by_cat.setdefault("aux", []).append(float(aux_loss.detach()))
+        if probe_loss is not None:
+            loss = loss + PROBE_WEIGHT * probe_loss
+            by_cat.setdefault("probe", []).append(float(probe_loss.detach()))
         if focus_loss is not None and cfg.focus_weight:
             loss = loss + cfg.focus_weight * focus_loss
             by_cat.setdefault("focus", []).append(float(focus_loss.detach()))
@@ -868,7 +937,7 @@ def heldout_accuracy(
     with torch.no_grad():
         for _ in range(per_scene * len(scenes)):
             e = maker.make(fmt)
-            ((seq, _labels, _focus),), _ = _sequences(backbone, [e])
+            ((seq, *_rest),), _ = _sequences(backbone, [e])
             head = seq[: seq.shape[0] - len(tok.encode(e.answer, add_special_tokens=False)) - 1]
             scores = []
             for cand in ANSWERS[e.category]:
