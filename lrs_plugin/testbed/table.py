@@ -117,7 +117,12 @@ def row_specs(*, random_budget: int | None = None) -> list[RowSpec]:
             {**c2f, "focus": "llm_attention", "focus_layer": FOCUS_LAYER},
             f"C2F, the LLM's own attention at layer {FOCUS_LAYER} (the RFM's teacher)",
         ),
-        RowSpec("c2f_oracle", "c2f", {**c2f, "focus": "oracle"}, "C2F, the doc's target box as focus (upper bound)"),
+        RowSpec(
+            "c2f_oracle",
+            "c2f",
+            {**c2f, "focus": "oracle", "focus_missing_box": "uniform"},
+            "C2F, the doc's target box as focus (upper bound; uniform for an absent colour's question)",
+        ),
         RowSpec("c2f_uniform", "c2f", {**c2f, "focus": "uniform"}, "C2F, uniform scores (blind selection)"),
     ]
     if random_budget is not None:

@@ -23,7 +23,8 @@ method evaluated later):
 
 Where the window or the tiles are chosen, the training example uses the planted object's box (that is what makes a
 training example answerable); nothing about boxes reaches the model at inference. Count questions are asked only in
-formats that show the whole scene; position questions wherever the thumbnail or the whole scene is shown.
+formats that show the whole scene; shape, colour and presence questions (the asked object's colour or the absent one)
+in every format.
 
 Two stages: :func:`_vision_pretrain` trains the vision tower and projector alone on per-patch colour / shape labels
 (``vision_steps``; a from-scratch tower learns shape slowly, and the LLM cannot read what the tower does not see),
@@ -101,7 +102,7 @@ def _testbed_texts() -> tuple[str, ...]:
         f"What is the shape of the {colours} object? " * 4,
         f"What is the color of the {shapes}? " * 4,
         "How many white circles are there? 1 2 3 4 5 " * 4,
-        "In which part of the image is the object? " + " ".join(sc.POSITIONS) * 4,
+        f"Is there a {colours} object? yes no " * 4,
         (colours + " " + shapes + " ") * 8,
         "Which colored objects are there? red triangle, blue square, yellow cross, purple diamond, none " * 4,
     )
@@ -300,23 +301,28 @@ def caption_of(objects: Sequence[sc.PlantedObject], boxes: Sequence[tuple[float,
     return ", ".join(name for _, _, name in sorted(seen)) or "none"
 
 
-def _questions(scene: sc.Scene, rng: np.random.Generator, *, target: sc.PlantedObject | None, whole: bool):
-    """``(category, text, answer)`` candidates about ``target`` (and the whole-scene ones when ``whole``)."""
-    categories = ["object shape", "object color"] if target is not None else []
-    categories.append("object position")
+def _questions(scene: sc.Scene, rng: np.random.Generator, *, target: sc.PlantedObject, whole: bool):
+    """``(category, text, answer)`` candidates about ``target`` (and count when ``whole`` shows every disc).
+
+    The presence question names ``target``'s colour or, one time in two, the colour the scene lacks.
+    """
+    present = bool(rng.random() < 0.5)
+    rows = [(c, *sc.question(c, scene, target)) for c in ("object shape", "object color")]
+    presence = sc.question("object presence", scene, target if present else None, color=sc.absent_color(scene))
+    rows.append(("object presence", *presence))
     if whole:
-        categories.append("count")
-    first = scene.targets()[0]  # the one placed away from the midlines: the position question's object
-    objects = {"object shape": target, "object color": target, "object position": first, "count": None}
-    return [(c, *sc.question(c, scene, objects[c])) for c in categories]
+        rows.append(("count", *sc.question("count", scene)))
+    return rows
 
 
-def _focus_box(scene: sc.Scene, category: str, target: sc.PlantedObject) -> tuple[int, int, int, int] | None:
-    """Box of the object a question is about (the attention target of :data:`FOCUS_LAYER`); ``None`` for count."""
-    if category in ("object shape", "object color"):
+def _focus_box(question: tuple[str, str, str], target: sc.PlantedObject) -> tuple[int, int, int, int] | None:
+    """Box of the object ``question`` is about (the attention target of :data:`FOCUS_LAYER`).
+
+    ``None`` for count and for a presence question about the absent colour.
+    """
+    category, _text, answer = question
+    if category in ("object shape", "object color") or (category == "object presence" and answer == "yes"):
         return target.box
-    if category == "object position":
-        return scene.targets()[0].box
     return None
 
 
@@ -401,7 +407,7 @@ class _ExampleMaker:
         x0 = int(self.rng.integers(max(0, x2 - cw), min(x1, w - cw) + 1))
         y0 = int(self.rng.integers(max(0, y2 - ch), min(y1, h - ch) + 1))
         crop = Image.fromarray(scene.pixels[y0 : y0 + ch, x0 : x0 + cw])
-        q = self._pick(_questions(scene, self.rng, target=target, whole=False)[:2])
+        q = self._pick(_questions(scene, self.rng, target=target, whole=False))
         boxes = [
             (x0 + c * t, y0 + r * t, x0 + (c + 1) * t, y0 + (r + 1) * t) for r in range(ch // t) for c in range(cw // t)
         ]
@@ -482,7 +488,7 @@ class _ExampleMaker:
         scene = self.scenes[i]
         target = scene.targets()[int(self.rng.integers(3))]
         q = self._pick(_questions(scene, self.rng, target=target, whole=True))
-        focus = _focus_box(scene, q[0], target)
+        focus = _focus_box(q, target)
         return self._pyramid(i, 0, all_tiles(self.pyramids[i].levels[0]), None, q, "pyramid_base", focus)
 
     def _pyramid_full(self, i: int) -> _Example:
@@ -496,7 +502,7 @@ class _ExampleMaker:
         target = scene.targets()[int(self.rng.integers(3))]
         q = self._pick(_questions(scene, self.rng, target=target, whole=True))
         level = len(self.pyramids[i].levels) - 1
-        focus = _focus_box(scene, q[0], target)
+        focus = _focus_box(q, target)
         return self._pyramid(i, level, all_tiles(self.pyramids[i].levels[-1]), None, q, "pyramid_full", focus)
 
     def _pyramid_fine(self, i: int) -> _Example:
@@ -523,7 +529,7 @@ class _ExampleMaker:
             chosen.add((int(rng.integers(gh)), int(rng.integers(gw))))
         tiles = sorted(chosen)
         q = self._pick(_questions(scene, rng, target=target, whole=False))
-        return self._pyramid(i, li, tiles, target.box, q, "pyramid_fine", _focus_box(scene, q[0], target))
+        return self._pyramid(i, li, tiles, target.box, q, "pyramid_fine", _focus_box(q, target))
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -907,7 +913,7 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
 ANSWERS: dict[str, tuple[str, ...]] = {
     "object shape": sc.SHAPES,
     "object color": tuple(sc.COLORS),
-    "object position": sc.POSITIONS,
+    "object presence": ("yes", "no"),
     "count": tuple(str(n) for n in range(sc.COUNT_RANGE[0], sc.COUNT_RANGE[1] + 1)),
 }
 """Every possible answer of each category (the candidates :func:`heldout_accuracy` ranks)."""
