@@ -55,9 +55,10 @@ def main() -> None:
                         max_new_tokens=1,
                     )
                     row = sums[key].setdefault(question["category"], [])
-                    row.append(float(result.stats["focus_tile_recall"]))
-                    sums[key].setdefault("_token", []).append(float(result.stats["focus_token_recall"]))
-                    sums[key].setdefault("_tokens_to_llm", []).append(float(result.stats["vision_tokens_to_llm"]))
+                    record = result.record
+                    row.append(float(record.focus_recall.tile))
+                    sums[key].setdefault("_token", []).append(float(record.focus_recall.token))
+                    sums[key].setdefault("_tokens_to_llm", []).append(float(record.vision_tokens_to_llm))
     out = {}
     for key, rows in sums.items():
         cats = {c: 100 * float(np.mean(v)) for c, v in sorted(rows.items()) if not c.startswith("_")}

@@ -22,6 +22,7 @@ from PIL import Image
 from lrs_plugin.backbone.adapter import Backbone
 from lrs_plugin.backbone.tiny import build_tiny_llava
 from lrs_plugin.flops.accounting import ModelDims, sample_tflops
+from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.reducers.registry import available_reducers, build_reducer, reducer_spec
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.sizes.split(","):
                 w, h = (int(v) for v in size.split("x"))
                 path = _image(root / f"{size}.png", w, h)
-                rows: dict[str, tuple[dict[str, Any], float, float]] = {}
+                rows: dict[str, tuple[SampleRecord, float, float]] = {}
                 for name in available_reducers():
                     if arch not in reducer_spec(name).archs:
                         continue
@@ -75,17 +76,17 @@ def main(argv: list[str] | None = None) -> int:
                         out = reducer.answer(path, "What is it?", doc={}, max_new_tokens=4)
                         times.append(time.perf_counter() - t0)
                     reducer.close()
-                    rows[name] = (out.stats, sample_tflops(out.stats, dims)["total"], statistics.median(times))
+                    rows[name] = (out.record, sample_tflops(out.record, dims)["total"], statistics.median(times))
                 ref_s, ref_f, ref_t = rows["none"]
                 print(f"\n{arch}+{lm}  image {w}x{h}  (ratios to none)")
                 print(
                     f"{'reducer':<11}{'encoded':>9}{'to_llm':>8}{'TFLOPs':>11}{'lat_s':>8}{'enc':>7}{'llm':>7}{'flops':>7}{'lat':>7}"
                 )
                 for name, (s, f, t) in rows.items():
-                    enc, llm = s["vision_tokens_encoded"], s["vision_tokens_to_llm"]
+                    enc, llm = s.vision_tokens_encoded, s.vision_tokens_to_llm
                     print(
-                        f"{name:<11}{enc:>9}{llm:>8}{f:>11.3e}{t:>8.3f}{enc / ref_s['vision_tokens_encoded']:>7.2f}"
-                        f"{llm / ref_s['vision_tokens_to_llm']:>7.2f}{f / ref_f:>7.2f}{t / ref_t:>7.2f}"
+                        f"{name:<11}{enc:>9}{llm:>8}{f:>11.3e}{t:>8.3f}{enc / ref_s.vision_tokens_encoded:>7.2f}"
+                        f"{llm / ref_s.vision_tokens_to_llm:>7.2f}{f / ref_f:>7.2f}{t / ref_t:>7.2f}"
                     )
     return 0
 

@@ -6,6 +6,8 @@ Sub-commands::
     lrs-plugin fetch mmerealworld_rs [--root DIR] [--revision SHA] [--source-dir DIR] [--force]
     lrs-plugin score lrs_vqa ANSWERS.jsonl [MORE.jsonl ...] [--synonyms wordnet|exact] [--json]
     lrs-plugin score mmerealworld_rs ANSWERS.jsonl [MORE ...] [--extraction official|strict] [--json]
+    lrs-plugin compare A B [--low-res RUN] [--json] [--bootstrap N] [--seed N]
+    lrs-plugin sweep --task TASK --pretrained CKPT --reducers c2f,random --budgets 64,144 --out DIR [--limit N]
     lrs-plugin demo [--out DIR] [--small]
     lrs-plugin testbed --out DIR [--json] [--limit N] [--rows a,b,...]
     lrs-plugin testbed generate --out DIR [--split eval|train] [--seed N] [--scenes N]
@@ -60,6 +62,45 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synonyms", default="wordnet", help="lrs_vqa synonym rule: wordnet (paper) or exact")
     p.add_argument("--extraction", default="official", help="mmerealworld_rs answer extraction: official or strict")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object instead of the table")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="paired comparison of two runs of the same task: accuracies, agreement, delta with a 95 %% CI "
+        "(bootstrap over images), McNemar p, per category",
+    )
+    p.add_argument("a", type=Path, help="run A (the reference): lmms-eval output folder, results or samples file")
+    p.add_argument("b", type=Path, help="run B; delta = B - A")
+    p.add_argument(
+        "--low-res", type=Path, default=None, help="a low-resolution run: split resolution-sensitive questions"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per task (a list when several)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates of the CI (2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="one task, reducers x budgets (vision tokens sent to the LLM), each point a real lmms-eval run "
+        "(resumable); a CSV and accuracy-vs-tokens / -TFLOPs pictures",
+    )
+    p.add_argument("--task", required=True, help="lmms-eval task or group, e.g. lrs_vqa_fair, lrs_synth")
+    p.add_argument("--pretrained", required=True, help="checkpoint folder or Hub id of every point")
+    p.add_argument("--reducers", required=True, help="comma-separated, each with a budget knob: c2f,random,...")
+    p.add_argument("--budgets", required=True, help="comma-separated vision-token budgets, e.g. 64,144,256,576")
+    p.add_argument("--out", type=Path, required=True, help="output folder (finished points in it are reused)")
+    p.add_argument("--model-args", default="", help="more --model_args for every point, e.g. device=cuda")
+    p.add_argument(
+        "--reducer-options",
+        action="append",
+        default=[],
+        metavar="REDUCER:ARGS",
+        help="more --model_args for one reducer (repeatable), e.g. c2f:focus=rfm",
+    )
+    p.add_argument("--limit", type=int, default=None, help="--limit of every lmms-eval run")
+    p.add_argument("--metric", default=None, help="accuracy metric to plot (default: the task's headline)")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -195,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fetch(sub)
     _add_score(sub)
+    _add_compare(sub)
+    _add_sweep(sub)
     _add_demo(sub)
     _add_testbed(sub)
     _add_train_rfm(sub)
@@ -249,6 +292,54 @@ def _score(args: argparse.Namespace) -> int:
         summary = scoring.score_mme_file(args.answers, mode=args.extraction)
         text = scoring.format_mme_table(summary)
     print(json.dumps(summary) if args.json else text)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lrs_plugin.scoring.compare import compare_runs, format_comparison
+
+    results = compare_runs(
+        args.a, args.b, low_res=args.low_res, iters=args.bootstrap, seed=args.seed, detail=not args.json
+    )
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+    else:
+        print("\n\n".join(format_comparison(r, str(args.low_res) if args.low_res else None) for r in results))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from lrs_plugin.errors import ConfigError
+    from lrs_plugin.harness.sweep import SweepConfig, run_sweep
+
+    options = {}
+    for item in args.reducer_options:
+        reducer, sep, fragment = item.partition(":")
+        if not sep or not reducer:
+            raise ConfigError(f"--reducer-options {item!r} must be REDUCER:ARGS, e.g. c2f:focus=rfm")
+        options[reducer] = fragment
+    config = SweepConfig(
+        task=args.task,
+        pretrained=args.pretrained,
+        reducers=tuple(r for r in args.reducers.replace(" ", "").split(",") if r),
+        budgets=_int_list(args.budgets, "--budgets"),
+        model_args=args.model_args,
+        reducer_options=options,
+        limit=args.limit,
+        metric=args.metric,
+    )
+    report = run_sweep(config, args.out, log=lambda m: print(m, file=sys.stderr))
+
+    def num(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for row in report.rows:
+        print(
+            f"{row['reducer']:<10} B={row['budget']:<6} {row['metric']} {num(row['accuracy'], 2)} "
+            f"± {num(row['accuracy_se'], 2)}  vision tokens {num(row['vision_tokens'], 1)}  "
+            f"TFLOPs {num(row['tflops'], 4)}  failed {row['failed']}/{row['n']}"
+        )
+    print(f"csv: {report.csv}\nplots: {report.plots[0]} {report.plots[1]}")
     return 0
 
 
@@ -452,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "fetch": _fetch,
         "score": _score,
+        "compare": _compare,
+        "sweep": _sweep,
         "demo": _demo,
         "testbed": _testbed,
         "train-rfm": _train_rfm,

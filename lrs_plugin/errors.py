@@ -22,7 +22,10 @@ __all__ = [
     "ImageTooLargeError",
     "MultipleImagesError",
     "WordNetUnavailableError",
+    "SampleRecordError",
     "ScoringInputError",
+    "RunNotFoundError",
+    "RunMismatchError",
     "MissingDependencyError",
     "EvaluationFailedError",
 ]
@@ -80,6 +83,14 @@ class ScoringInputError(LrsPluginError, ValueError):
     """An answers / samples file given to the scorer is malformed (names the file, line and field)."""
 
 
+class RunNotFoundError(LrsPluginError, FileNotFoundError):
+    """A run given to ``compare`` / ``sweep`` has no results or sample logs where it was pointed (names the path)."""
+
+
+class RunMismatchError(LrsPluginError, ValueError):
+    """Runs given to ``compare`` cannot be paired: no task or no question in common (names both runs and tasks)."""
+
+
 class MissingDependencyError(LrsPluginError, ImportError):
     """An optional dependency is not installed; the message shows the ``pip install`` line."""
 
@@ -98,3 +109,7 @@ class CheckpointNotFoundError(LrsPluginError, FileNotFoundError):
 
 class OutputExistsError(LrsPluginError, FileExistsError):
     """An output folder exists and overwriting was not asked for."""
+
+
+class SampleRecordError(LrsPluginError, ValueError):
+    """A per-sample record (or its JSON object) holds a value that does not fit its field; the message names both."""

@@ -5,9 +5,11 @@ loaded with transformers' ``from_pretrained`` (:class:`lrs_plugin.backbone.Backb
 selected reducer (:mod:`lrs_plugin.reducers.base`). The image is whatever the task's ``doc_to_visual`` returns (a lazy
 or eager PIL image, a path, an array, or a list of one), read through one :class:`lrs_plugin.imagery.LargeImage` for
 every reducer, so any lmms-eval image task works; a request without an image is answered text-only. Questions on the
-same image file are answered in a row so each file is decoded once. Per-sample accounting (vision tokens encoded / sent
-to the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through :mod:`lrs_plugin.harness.record`,
-and its means to lmms-eval's ``results["throughput"]`` for every task (:class:`lrs_plugin.flops.EfficiencyTally`).
+same image file are answered in a row so each file is decoded once. Generation stops at the task's ``until`` stop
+strings (:mod:`lrs_plugin.backbone.stops`). Each answer's :class:`~lrs_plugin.harness.record.SampleRecord` (vision
+tokens encoded / sent to the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through
+:data:`lrs_plugin.harness.record.STORE`, and its means to lmms-eval's ``results["throughput"]`` for every task
+(:class:`lrs_plugin.flops.EfficiencyTally`).
 A failure of one sample, at any step, is recorded on that sample and the run goes on. With ``resume_dir=PATH``
 each finished answer is saved at once (:mod:`lrs_plugin.harness.resume`) and a rerun generates only what is missing; a
 folder that cannot be written is reported once and the run goes on without saving (``resume_strict=true`` stops it).
@@ -30,14 +32,9 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
 
-from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE, sample_key
-from lrs_plugin.harness.resume import (
-    RESUME_DISABLED_KEY,
-    ResumeStore,
-    ResumeStoreError,
-    answer_key,
-    settings_fingerprint,
-)
+from lrs_plugin.backbone.stops import cut_at_stop, stop_strings_of
+from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE, FocusRecall, SampleRecord, sample_key
+from lrs_plugin.harness.resume import ResumeStore, ResumeStoreError, answer_key, settings_fingerprint
 from lrs_plugin.harness.settings import parse_model_args
 
 if TYPE_CHECKING:
@@ -63,33 +60,22 @@ def _rank_device(accelerator: Any, requested: str | None) -> str:
     return "cpu"
 
 
-def _apply_until(raw_text: str, until: Any) -> str:
-    """Cut the answer at the first of the task's stop strings and strip it."""
-    if isinstance(until, str):
-        until = [until]
-    text = raw_text
-    for stop in until or ():
-        if stop:
-            text = text.split(stop, 1)[0]
-    return text.strip()
-
-
 KEEP_ALL_REDUCERS = ("none", "anyres", "downsample")
 """Reducers that send every encoded tile's every token: their focus recall is 1.0 whenever the doc has a box."""
 
 
-def _keep_all_recall(reducer: str, doc: Any, image_wh: tuple[int, int]) -> dict[str, float]:
+def _keep_all_recall(reducer: str, doc: Any, image_wh: tuple[int, int]) -> FocusRecall | None:
     """Recall 1.0 (tile and token) for :data:`KEEP_ALL_REDUCERS` when ``doc`` has a box inside the image.
 
-    Nothing otherwise: the other reducers put their own figures in their stats (``c2f``, and the stock-layout
-    reducers through :mod:`lrs_plugin.reducers._cells`; both keys, ``None`` without a box), so this fallback only
-    runs for a reducer that reports none.
+    ``None`` otherwise: the other reducers record their own figures (``c2f``, and the stock-layout reducers through
+    :mod:`lrs_plugin.reducers._cells`; both ``None`` without a box), so this fallback only runs for a reducer that
+    records none.
     """
     from lrs_plugin.focus.recall import doc_box
 
     if reducer not in KEEP_ALL_REDUCERS or doc_box(doc, image_wh) is None:
-        return {}
-    return {"focus_tile_recall": 1.0, "focus_token_recall": 1.0}
+        return None
+    return FocusRecall(tile=1.0, token=1.0)
 
 
 class C2FLlava(lmms):
@@ -197,9 +183,18 @@ class C2FLlava(lmms):
         return open_image(items[0]), True
 
     def _answer(
-        self, doc: Mapping[str, Any], context: str, gen_kwargs: dict[str, Any], visuals: Any, name: str
-    ) -> tuple[str, dict[str, Any]]:
-        """Answer one request: ``(raw text before until, stats)``; a failure is recorded in the stats (``error``)."""
+        self,
+        doc: Mapping[str, Any],
+        context: str,
+        gen_kwargs: dict[str, Any],
+        visuals: Any,
+        name: str,
+        stop_strings: tuple[str, ...],
+    ) -> tuple[str, SampleRecord]:
+        """Answer one request: ``(text, record)``; a failure is recorded in the record (``error``, ``error_step``).
+
+        Generation ends at the first of ``stop_strings``; the text is cut before it.
+        """
         from lrs_plugin.flops.accounting import sample_tflops
 
         self._check_greedy(gen_kwargs)
@@ -215,47 +210,46 @@ class C2FLlava(lmms):
             step = "answer"
             max_new = self._max_new_tokens(gen_kwargs)
             if image is None:
-                out = self._answer_text_only(context, max_new)
+                out = self._answer_text_only(context, max_new, stop_strings)
             else:
-                out = self.reducer.answer(image, context, doc=doc, max_new_tokens=max_new)
+                out = self.reducer.answer(image, context, doc=doc, max_new_tokens=max_new, stop_strings=stop_strings)
             self._synchronize()
-            stats = dict(out.stats)
-            stats["latency_s"] = time.perf_counter() - start
-            if image is not None and "focus_tile_recall" not in stats:
-                stats.update(_keep_all_recall(self.settings.reducer, doc, image.size))
+            record = out.record
+            record.latency_s = time.perf_counter() - start
+            if image is not None and record.focus_recall is None:
+                record.focus_recall = _keep_all_recall(self.settings.reducer, doc, image.size)
             step = "accounting"
-            stats["tflops_by_stage"] = sample_tflops(stats, self.dims)
-            stats["tflops"] = stats["tflops_by_stage"]["total"]
-            stats["reducer"] = self.settings.reducer
-            return out.text, stats
+            record.tflops_by_stage = sample_tflops(record, self.dims)
+            record.tflops = record.tflops_by_stage["total"]
+            record.reducer = self.settings.reducer
+            return out.text, record
         except Exception as exc:  # noqa: BLE001 - one broken sample must not end a multi-hour run
             logger.opt(exception=True).error("c2f_llava: {} failed ({}): {}", name, step, exc)
-            return "", {
-                "error": f"{type(exc).__name__}: {exc}",
-                "error_step": step,
-                "latency_s": time.perf_counter() - start,
-            }
+            failure = SampleRecord(
+                error=f"{type(exc).__name__}: {exc}", error_step=step, latency_s=time.perf_counter() - start
+            )
+            return "", failure
         finally:
             if owned:
                 image.close()
 
-    def _answer_text_only(self, context: str, max_new_tokens: int) -> Any:
+    def _answer_text_only(self, context: str, max_new_tokens: int, stop_strings: tuple[str, ...]) -> Any:
         """Answer a request that holds no image with the language model alone (recorded as ``text_only``)."""
         from lrs_plugin.reducers.base import ReducerOutput
 
         ids = self.backbone.text_prompt_ids(context)
         embeds = self.backbone.embed_ids(ids).unsqueeze(0)
-        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens)
-        stats = {
-            "text_only": True,
-            "tiles_encoded": 0,
-            "vision_tokens_encoded": 0,
-            "vision_tokens_to_llm": 0,
-            "llm_input_len": int(embeds.shape[1]),
-            "new_tokens": out.num_new_tokens,
-            "focus_passes": [],
-        }
-        return ReducerOutput(text=out.text, stats=stats)
+        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+        record = SampleRecord(
+            text_only=True,
+            tiles_encoded=0,
+            vision_tokens_encoded=0,
+            vision_tokens_to_llm=0,
+            llm_input_len=int(embeds.shape[1]),
+            new_tokens=out.num_new_tokens,
+            focus_passes=[],
+        )
+        return ReducerOutput(text=out.text, record=record)
 
     def _synchronize(self) -> None:
         import torch
@@ -288,10 +282,18 @@ class C2FLlava(lmms):
         )
         return store
 
-    def _one(self, request: Any, store: ResumeStore | None) -> tuple[GenerationResult, dict[str, Any], bool]:
-        """Answer one request; ``(result, stats, generated?)``.
+    def _stop_strings(self, gen_kwargs: Mapping[str, Any], name: str) -> tuple[str, ...]:
+        """The request's stop strings (its ``until``); a malformed ``until`` is logged and none are used."""
+        try:
+            return stop_strings_of(gen_kwargs.get("until"))
+        except Exception as exc:  # noqa: BLE001 - a task bug: keep the whole answer, as a run without until would
+            logger.error("c2f_llava: {}: cannot use until={!r}: {}", name, gen_kwargs.get("until"), exc)
+            return ()
 
-        Every failure lands in the stats, except a resume write failure under ``resume_strict=true``.
+    def _one(self, request: Any, store: ResumeStore | None) -> tuple[GenerationResult, SampleRecord, bool]:
+        """Answer one request; ``(result, record, generated?)``.
+
+        Every failure lands in the record, except a resume write failure under ``resume_strict=true``.
 
         Raises:
             ResumeStoreError: ``resume_strict=true`` and the answer cannot be saved.
@@ -304,7 +306,9 @@ class C2FLlava(lmms):
             name = sample_key(doc, task=task, split=split, doc_id=doc_id)
         except Exception as exc:  # noqa: BLE001
             logger.opt(exception=True).error("c2f_llava: {}: cannot read the document: {}", name, exc)
-            return GenerationResult(text=""), {"error": f"{type(exc).__name__}: {exc}", "error_step": "document"}, True
+            failure = SampleRecord(error=f"{type(exc).__name__}: {exc}", error_step="document")
+            return GenerationResult(text=""), failure, True
+        stops = self._stop_strings(gen_kwargs, name)
         key = None
         found = None
         if store is not None:
@@ -319,39 +323,35 @@ class C2FLlava(lmms):
                     gen_kwargs=gen_kwargs,
                 )
                 found = store.get(key)
+                if found is not None and found.stop_strings not in (None, stops):
+                    found = None  # generated under other stop strings: its text may end elsewhere
             except Exception as exc:  # noqa: BLE001 - the answer is generated again
                 logger.opt(exception=True).warning("c2f_llava: {}: resume lookup failed: {}", name, exc)
         if found is not None:
-            raw_text, stats, fresh = found.raw_text, dict(found.stats), False
+            # A line written before stop strings ended generation holds the whole answer: cut it the same way.
+            text, record, fresh = cut_at_stop(found.raw_text, stops), found.record, False
         else:
-            raw_text, stats = self._answer(doc, context, gen_kwargs, visuals, name)
+            text, record = self._answer(doc, context, gen_kwargs, visuals, name, stops)
             fresh = True
             logger.debug("c2f_llava: generated {}/{} ({}) on rank {}", task, doc_id, name, self.rank)
-            if store is not None and key is not None and "error" not in stats:  # failures are retried by a rerun
+            if store is not None and key is not None and record.error is None:  # failures are retried by a rerun
                 try:
                     meta = {"task": task, "split": split, "doc_id": doc_id, "question_id": doc.get("question_id")}
-                    store.put(key, raw_text, stats, meta=meta)
+                    store.put(key, text, record, stop_strings=stops, meta=meta)
                 except ResumeStoreError:  # raised by a strict store only (resume_strict=true): stop the run
                     raise
                 except Exception as exc:  # noqa: BLE001 - the answer is kept; only resuming it is lost
                     logger.opt(exception=True).error("c2f_llava: {}: resume write failed: {}", name, exc)
-                    stats["resume_error"] = f"{type(exc).__name__}: {exc}"
+                    record.resume_error = f"{type(exc).__name__}: {exc}"
             if store is not None and store.disabled:  # warned once by the store; the results show it per sample
-                stats[RESUME_DISABLED_KEY] = True
+                record.resume_disabled = True
         if (request.metadata or {}).get(STATS_METADATA_KEY):
             try:
-                STORE.put(name, stats)
+                STORE.put(name, record)
             except Exception as exc:  # noqa: BLE001
-                logger.opt(exception=True).error("c2f_llava: {}: stats hand-off failed: {}", name, exc)
-        try:
-            text = _apply_until(raw_text, gen_kwargs.get("until"))
-        except Exception as exc:  # noqa: BLE001 - e.g. a malformed until; keep the whole answer
-            logger.opt(exception=True).error(
-                "c2f_llava: {}: cannot apply until={!r}: {}", name, gen_kwargs.get("until"), exc
-            )
-            text = str(raw_text).strip()
-        counts = TokenCounts(input_tokens=stats.get("llm_input_len"), output_tokens=stats.get("new_tokens"))
-        return GenerationResult(text=text, token_counts=counts), stats, fresh
+                logger.opt(exception=True).error("c2f_llava: {}: record hand-off failed: {}", name, exc)
+        counts = TokenCounts(input_tokens=record.llm_input_len, output_tokens=record.new_tokens)
+        return GenerationResult(text=text, token_counts=counts), record, fresh
 
     def _image_path_of(self, request: Any, columns: dict[tuple[str, str], list[Any] | None]) -> str:
         """The request's ``doc["image_path"]`` ("" when none), to answer the questions on one file in a row.
@@ -396,9 +396,9 @@ class C2FLlava(lmms):
                 if (request.metadata or {}).get("__padding_only__"):
                     results[i] = GenerationResult(text="")
                     continue
-                results[i], stats, fresh = self._one(request, store)
+                results[i], record, fresh = self._one(request, store)
                 generated += fresh
-                tally.add(request.args[4], stats)
+                tally.add(request.args[4], record)
         finally:
             for close in (self.reducer.close, self.images.close_all, getattr(store, "close", None)):
                 if close is None:

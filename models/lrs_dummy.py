@@ -24,7 +24,7 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
 from lrs_plugin.errors import ConfigError, ImageReadError
-from lrs_plugin.harness.record import STORE, sample_key
+from lrs_plugin.harness.record import STORE, SampleRecord, sample_key
 from lrs_plugin.imagery.large_image import image_size
 
 __all__ = ["LrsDummy", "dummy_answer"]
@@ -88,7 +88,7 @@ class LrsDummy(lmms):
             context, _gen_kwargs, _doc_to_visual, doc_id, task, split = request.args
             doc = self.task_dict[task][split][doc_id]
             start = time.perf_counter()
-            stats: dict[str, Any] = {}
+            record = SampleRecord()
             image_path = doc.get("image_path")
             try:
                 if not image_path:
@@ -97,9 +97,9 @@ class LrsDummy(lmms):
                 text = dummy_answer(doc, self.correct_every)
             except ImageReadError as exc:
                 text = ""
-                stats["error"] = f"ImageReadError: {exc}"
-            stats["latency_s"] = time.perf_counter() - start
-            STORE.put(sample_key(doc), stats)
+                record.error = f"ImageReadError: {exc}"
+            record.latency_s = time.perf_counter() - start
+            STORE.put(sample_key(doc), record)
             counts = TokenCounts(input_tokens=len(context.split()), output_tokens=len(text.split()))
             outputs.append(GenerationResult(text=text, token_counts=counts))
         return outputs

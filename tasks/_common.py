@@ -6,7 +6,8 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lrs_plugin.flops.accounting import EFFICIENCY_KEYS
+from lrs_plugin.flops.accounting import EFFICIENCY_KEYS, efficiency_figures
+from lrs_plugin.harness.record import SampleRecord
 
 __all__ = ["EFFICIENCY_KEYS", "efficiency_metrics", "first_response", "log_failures", "mean_skip_none"]
 
@@ -25,13 +26,10 @@ def mean_skip_none(items: Sequence[float | None]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def efficiency_metrics(stats: dict[str, Any]) -> dict[str, float | None]:
-    """The ``eff_*`` metrics of one sample from the stats its model recorded."""
-    out = {}
-    for key in EFFICIENCY_KEYS:
-        value = stats.get(key)
-        out[f"eff_{key}"] = None if value is None else float(value)
-    return out
+def efficiency_metrics(record: SampleRecord | None) -> dict[str, float | None]:
+    """The ``eff_*`` metrics of one sample from its model's record (all ``None`` when the model recorded nothing)."""
+    figures = efficiency_figures(record or SampleRecord())
+    return {f"eff_{key}": None if value is None else float(value) for key, value in figures.items()}
 
 
 def log_failures(fn: Callable[..., Any]) -> Callable[..., Any]:

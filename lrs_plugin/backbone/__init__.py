@@ -1,6 +1,7 @@
 """The adapter over transformers' own LLaVA / LLaVA-NeXT classes, and everything about their inputs.
 
-Loading and generating (:mod:`.adapter`), anyres geometry (:mod:`.anyres`), prompt tokenization and chat templates
+Loading and generating (:mod:`.adapter`), the task's stop strings applied once during generation (:mod:`.stops`), anyres
+geometry (:mod:`.anyres`), prompt tokenization and chat templates
 (:mod:`.prompt`, :mod:`.chat_templates`), the vision-tower probe (:mod:`.vision_probe`), token cells
 (:mod:`.token_cells`), tiny test checkpoints (:mod:`.tiny`) and the original-layout converter (:mod:`.convert`).
 """
@@ -17,6 +18,9 @@ _EXPORTS = {
     "VISION_DTYPES": "adapter",
     "Backbone": "adapter",
     "GenerationOutput": "adapter",
+    "cut_at_stop": "stops",
+    "stop_criterion": "stops",
+    "stop_strings_of": "stops",
     "ARCHS": "tiny",
     "CORPUS": "tiny",
     "LMS": "tiny",

@@ -14,6 +14,7 @@ the decoder layers themselves (in-LLM reducers) through :attr:`Backbone.language
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,8 +72,8 @@ class GenerationOutput:
     """One greedy answer.
 
     Attributes:
-        text: Decoded new tokens (special tokens skipped), cut at the first stop string if any, stripped.
-        new_token_ids: Generated token ids, EOS included when generation stopped on it.
+        text: Decoded new tokens (special tokens skipped), cut before the first stop string if any, stripped.
+        new_token_ids: Generated token ids, the EOS or the token completing a stop string included (none after it).
         num_new_tokens: ``len(new_token_ids)``.
 
     """
@@ -687,7 +688,7 @@ class Backbone:
         *,
         max_new_tokens: int,
         eos_token_ids: list[int] | None = None,
-        stop_strings: list[str] | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> GenerationOutput:
         """Greedy decoding from ``inputs_embeds`` with transformers' ``generate`` and its KV cache.
 
@@ -696,7 +697,8 @@ class Backbone:
             max_new_tokens: Upper bound on generated tokens.
             eos_token_ids: Stop ids; default ``[tokenizer.eos_token_id]`` (what ``llava_hf`` passes), else the
                 generation config's EOS ids.
-            stop_strings: Optional strings that end generation; the text is cut before the first one.
+            stop_strings: Strings that end generation (the task's ``until``): ``generate`` stops after the token with
+                which the answer first contains one, and the text is cut before it (:mod:`lrs_plugin.backbone.stops`).
 
         Returns:
             The decoded answer and the generated ids.
@@ -707,14 +709,17 @@ class Backbone:
         """
         import torch
 
+        from lrs_plugin.backbone.stops import cut_at_stop, stopping_criteria
+
         if int(max_new_tokens) < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
         if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
             raise ConfigError(f"inputs_embeds must be [1, L, C]; got {list(inputs_embeds.shape)}")
         eos = list(eos_token_ids) if eos_token_ids else self._default_eos_ids()
         kwargs: dict[str, Any] = {}
-        if stop_strings:
-            kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
+        criteria = stopping_criteria(self.tokenizer, stop_strings)
+        if criteria is not None:
+            kwargs["stopping_criteria"] = criteria
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         with torch.no_grad():
             out = self.model.generate(
@@ -728,7 +733,5 @@ class Backbone:
                 **kwargs,
             )
         new_ids = tuple(int(t) for t in out[0].tolist())
-        text = self.tokenizer.decode(list(new_ids), skip_special_tokens=True)
-        for stop in stop_strings or ():
-            text = text.split(stop, 1)[0] if stop else text
-        return GenerationOutput(text=text.strip(), new_token_ids=new_ids, num_new_tokens=len(new_ids))
+        text = cut_at_stop(self.tokenizer.decode(list(new_ids), skip_special_tokens=True), stop_strings)
+        return GenerationOutput(text=text, new_token_ids=new_ids, num_new_tokens=len(new_ids))

@@ -10,12 +10,13 @@ in :mod:`lrs_plugin.c2f.grid` (re-exported here).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.c2f.grid import build_level_grid, select_topk, zoom_path
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.harness.record import C2FDetails, C2FLevel, FocusPass, FocusRecall, SampleRecord
 
 if TYPE_CHECKING:
     import torch
@@ -112,19 +113,16 @@ class C2FResult:
     Attributes:
         answer: The decoded greedy answer.
         inputs_embeds_len: Length of the LLM input sequence.
-        stats: ``levels`` (per visited level: index, scale, tile grid, tiles encoded and their positions, grid
-            shape, grid / valid / newline tokens, ``tokens_picked`` and ``picked_indices`` (tokens voting for the
-            next level's tiles, or kept at the last level, newlines included), ``selected_tiles`` and
-            ``tile_votes`` (zoom levels), ``tokens_kept`` (last level), ``scores``), ``vision_tokens_encoded``,
-            ``vision_tokens_to_llm``, ``llm_input_len``, ``focus_passes`` (``seq_len`` and ``decoder_layers`` of
-            each scoring pass), ``token_budget``, ``kept_topk``.
+        record: Its :class:`~lrs_plugin.harness.record.SampleRecord`: the token counts, ``focus_passes`` (one per
+            scoring pass), the focus recall, and ``c2f`` (every visited level as a
+            :class:`~lrs_plugin.harness.record.C2FLevel`, the pyramid depth, ``token_budget``, ``kept_topk``).
         inputs_embeds: ``[1, L, C]`` LLM input when asked for (``return_inputs_embeds=True``), else ``None``.
 
     """
 
     answer: str
     inputs_embeds_len: int
-    stats: dict[str, Any] = field(default_factory=dict)
+    record: SampleRecord = field(default_factory=SampleRecord)
     inputs_embeds: torch.Tensor | None = None
 
 
@@ -234,7 +232,7 @@ def _separator_id(backbone: Backbone, token: str) -> int:
     return int(ids[0])
 
 
-def _score(session: _Session, focus: FocusScorer, grid: _Grid, context: Any, passes: list) -> torch.Tensor:
+def _score(session: _Session, focus: FocusScorer, grid: _Grid, context: Any, passes: list[FocusPass]) -> torch.Tensor:
     """One focus pass over the sequence holding ``grid``; records its length for FLOPs accounting."""
     import torch
 
@@ -244,7 +242,7 @@ def _score(session: _Session, focus: FocusScorer, grid: _Grid, context: Any, pas
         key_mask = torch.ones(seq.shape[1], dtype=torch.bool, device=grid.mask.device)
         key_mask[span] = grid.mask
     passes.append(
-        {"level": grid.level_index, "seq_len": int(seq.shape[1]), "decoder_layers": focus.decoder_layers_per_pass}
+        FocusPass(level=grid.level_index, seq_len=int(seq.shape[1]), decoder_layers=focus.decoder_layers_per_pass)
     )
     return focus.score(seq, grid_span=span, query_index=seq.shape[1] - 1, key_mask=key_mask, context=context).float()
 
@@ -268,22 +266,24 @@ def _context(session: _Session, grid: _Grid, doc: Mapping[str, Any] | None) -> A
     )
 
 
-def _level_stats(session: _Session, grid: _Grid, scores: torch.Tensor, picked: torch.Tensor) -> dict[str, Any]:
+def _level(session: _Session, grid: _Grid, scores: torch.Tensor, picked: torch.Tensor, **last: Any) -> C2FLevel:
+    """The record of one visited level; ``last`` holds the zoom-level or last-level fields."""
     level = session.pyramid.levels[grid.level_index]
-    return {
-        "level": grid.level_index,
-        "scale": level.scale,
-        "tile_grid_hw": list(level.grid_hw),
-        "tiles_encoded": len(grid.tiles),
-        "tiles": [list(t) for t in grid.tiles],
-        "grid_shape_hw": list(grid.shape_hw),
-        "tokens_in_grid": int(grid.mask.numel()),
-        "tokens_valid": int(grid.mask.sum()),
-        "newline_tokens": len(grid.newlines),
-        "tokens_picked": int(picked.numel()),
-        "picked_indices": picked.tolist(),
-        "scores": [round(float(s), 7) for s in scores.tolist()],
-    }
+    return C2FLevel(
+        level=grid.level_index,
+        scale=level.scale,
+        tile_grid_hw=list(level.grid_hw),
+        tiles_encoded=len(grid.tiles),
+        tiles=[list(t) for t in grid.tiles],
+        grid_shape_hw=list(grid.shape_hw),
+        tokens_in_grid=int(grid.mask.numel()),
+        tokens_valid=int(grid.mask.sum()),
+        newline_tokens=len(grid.newlines),
+        tokens_picked=int(picked.numel()),
+        picked_indices=picked.tolist(),
+        scores=[round(float(s), 7) for s in scores.tolist()],
+        **last,
+    )
 
 
 def run_c2f(
@@ -295,7 +295,7 @@ def run_c2f(
     *,
     doc: Mapping[str, Any] | None = None,
     max_new_tokens: int,
-    stop_strings: list[str] | None = None,
+    stop_strings: Sequence[str] | None = None,
     return_inputs_embeds: bool = False,
 ) -> C2FResult:
     """Answer ``question`` about ``image`` with coarse-to-fine pruning (method.md §11).
@@ -308,11 +308,11 @@ def run_c2f(
         config: Knobs (default :class:`C2FConfig` ``()``, the released settings).
         doc: The task document; its ``hbox`` feeds the ``oracle`` scorer.
         max_new_tokens: Greedy decoding limit.
-        stop_strings: Optional strings that end generation (see :meth:`Backbone.generate`).
+        stop_strings: Strings that end generation (the task's ``until``; see :meth:`Backbone.generate`).
         return_inputs_embeds: Keep the final ``[1, L, C]`` LLM input in the result.
 
     Returns:
-        The answer, the LLM input length and the per-level / total statistics.
+        The answer, the LLM input length and its record (per-level and total figures).
 
     Raises:
         ConfigError: an aspect ratio too extreme for the pyramid, or a ``token_budget`` below this image's fixed
@@ -326,8 +326,8 @@ def run_c2f(
     path = zoom_path(session.pyramid, cfg.num_zoom_steps)
     if len(session.pyramid.levels) == 1 and session.pyramid.levels[0].num_tiles == 1:
         path = path[:1]  # one tile (an image under one tile side): nothing to zoom into, as in the released slice mode
-    passes: list[dict[str, Any]] = []
-    levels: list[dict[str, Any]] = []
+    passes: list[FocusPass] = []
+    levels: list[C2FLevel] = []
     grid = session.grid(0, _all_tiles(session, 0), zoomed=False)
     for next_index in path[1:]:
         scores = _score(session, focus, grid, _context(session, grid, doc), passes)
@@ -343,8 +343,10 @@ def run_c2f(
             quirk=cfg.newline_vote_quirk,
             max_tiles=cfg.max_tiles_per_level,
         )
-        levels.append({**_level_stats(session, grid, scores, picked), "selected_tiles": [list(t) for t in tiles]})
-        levels[-1]["tile_votes"] = {f"{r},{c}": n for (r, c), n in sorted(votes.items())}
+        votes_by_tile = {f"{r},{c}": n for (r, c), n in sorted(votes.items())}
+        levels.append(
+            _level(session, grid, scores, picked, selected_tiles=[list(t) for t in tiles], tile_votes=votes_by_tile)
+        )
         grid = session.grid(next_index, tiles, zoomed=True)
 
     scores = _score(session, focus, grid, _context(session, grid, doc), passes)
@@ -359,42 +361,40 @@ def run_c2f(
             )
         k = min(k, room)
     keep = select_topk(scores, k, always_keep=grid.newlines, candidates=grid.mask)
-    levels.append({**_level_stats(session, grid, scores, keep), "tokens_kept": int(keep.numel())})
+    levels.append(_level(session, grid, scores, keep, tokens_kept=int(keep.numel())))
 
     kept = grid.embeds[keep.to(grid.embeds.device)]
     seq, _ = session.sequence(kept)
     out = backbone.generate(seq, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
-    vision_to_llm = session.thumbnail_tokens + int(keep.numel())
-    stats = {
-        "levels": levels,
-        "pyramid_levels": len(session.pyramid.levels),
-        "tiles_encoded": session.tiles_encoded,
-        "vision_tokens_encoded": session.tiles_encoded * backbone.tokens_per_tile,
-        "vision_tokens_to_llm": vision_to_llm,
-        "llm_input_len": int(seq.shape[1]),
-        "focus_passes": passes,
-        "token_budget": cfg.token_budget,
-        "kept_topk": k,
-        "new_tokens": out.num_new_tokens,
-        **_focus_recall(session, grid, keep, doc),
-    }
-    return C2FResult(out.text, int(seq.shape[1]), stats, seq if return_inputs_embeds else None)
+    record = SampleRecord(
+        tiles_encoded=session.tiles_encoded,
+        vision_tokens_encoded=session.tiles_encoded * backbone.tokens_per_tile,
+        vision_tokens_to_llm=session.thumbnail_tokens + int(keep.numel()),
+        llm_input_len=int(seq.shape[1]),
+        new_tokens=out.num_new_tokens,
+        focus_passes=passes,
+        c2f=C2FDetails(
+            levels=levels, pyramid_levels=len(session.pyramid.levels), token_budget=cfg.token_budget, kept_topk=k
+        ),
+        focus_recall=_focus_recall(session, grid, keep, doc),
+    )
+    return C2FResult(out.text, int(seq.shape[1]), record, seq if return_inputs_embeds else None)
 
 
-def _focus_recall(session: _Session, grid: _Grid, keep: torch.Tensor, doc: Mapping[str, Any] | None) -> dict:
-    """``focus_tile_recall`` / ``focus_token_recall`` of the doc's ``hbox`` (both ``None`` without a box)."""
+def _focus_recall(session: _Session, grid: _Grid, keep: torch.Tensor, doc: Mapping[str, Any] | None) -> FocusRecall:
+    """Tile and token recall of the doc's ``hbox`` (both ``None`` without a box)."""
     from lrs_plugin.c2f.grid import grid_token_boxes
     from lrs_plugin.focus.recall import tile_recall, token_recall
 
     box = None if doc is None else doc.get("hbox")
     if box is None or len(box) != 4:
-        return {"focus_tile_recall": None, "focus_token_recall": None}
+        return FocusRecall(tile=None, token=None)
     level = session.pyramid.levels[grid.level_index]
     cells = grid_token_boxes(level, grid.shape_hw, per_tile=session.per_tile, has_newline=bool(grid.newlines))
-    return {
-        "focus_tile_recall": tile_recall(box, level, grid.tiles),
-        "focus_token_recall": token_recall(box, session.image.size, cells[keep.to(cells.device)].tolist()),
-    }
+    return FocusRecall(
+        tile=tile_recall(box, level, grid.tiles),
+        token=token_recall(box, session.image.size, cells[keep.to(cells.device)].tolist()),
+    )
 
 
 def _all_tiles(session: _Session, level_index: int) -> list[tuple[int, int]]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lrs_plugin.harness.record import C2FLevel
 
 __all__ = ["draw_focus", "visualize"]
 
@@ -26,7 +29,7 @@ def _heat(u: float) -> tuple[int, int, int, int]:
     return (min(r, 255), g, 0, int(_MAX_ALPHA * u))
 
 
-def _panel(base, level_stats: Mapping[str, Any], level, next_level, *, per_tile: int, has_newline: bool, scale: float,
+def _panel(base, visited: C2FLevel, level, next_level, *, per_tile: int, has_newline: bool, scale: float,
            box: Sequence[float] | None, span: tuple[float, float] | None):  # fmt: skip
     """Draw one level's heat map, tiles and target box on a copy of ``base`` (PIL RGB); returns the panel."""
     import numpy as np
@@ -35,8 +38,8 @@ def _panel(base, level_stats: Mapping[str, Any], level, next_level, *, per_tile:
     from lrs_plugin.c2f.grid import grid_token_boxes
     from lrs_plugin.c2f.pyramid import tile_source_box
 
-    boxes = grid_token_boxes(level, tuple(level_stats["grid_shape_hw"]), per_tile=per_tile, has_newline=has_newline)
-    scores = np.asarray(level_stats["scores"], dtype=np.float64)
+    boxes = grid_token_boxes(level, tuple(visited.grid_shape_hw), per_tile=per_tile, has_newline=has_newline)
+    scores = np.asarray(visited.scores, dtype=np.float64)
     finite = ~np.isnan(boxes.numpy()).any(axis=1) & np.isfinite(scores)
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
@@ -48,11 +51,11 @@ def _panel(base, level_stats: Mapping[str, Any], level, next_level, *, per_tile:
                 draw.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale], fill=_heat((s - lo) / width))
     panel = Image.alpha_composite(base.convert("RGBA"), overlay)
     lines = ImageDraw.Draw(panel)
-    for r, c in level_stats.get("tiles", ()):
+    for r, c in visited.tiles:
         x0, y0, x1, y1 = tile_source_box(level, r, c)
         lines.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale], outline=(255, 255, 255, 255), width=1)
     if next_level is not None:
-        for r, c in level_stats.get("selected_tiles", ()):
+        for r, c in visited.selected_tiles or ():
             x0, y0, x1, y1 = tile_source_box(next_level, r, c)
             lines.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale], outline=(255, 220, 0, 255), width=3)
     if box is not None:
@@ -60,8 +63,8 @@ def _panel(base, level_stats: Mapping[str, Any], level, next_level, *, per_tile:
         lines.rectangle([x0 - 3, y0 - 3, x1 + 3, y1 + 3], outline=(0, 255, 255, 255), width=2)
     panel = panel.convert("RGB")
     label = (
-        f"level {level_stats['level']}: {level.grid_hw[0]}x{level.grid_hw[1]} tiles, "
-        f"{level_stats['tiles_encoded']} encoded, {level_stats.get('tokens_kept', level_stats['tokens_picked'])} kept"
+        f"level {visited.level}: {level.grid_hw[0]}x{level.grid_hw[1]} tiles, {visited.tiles_encoded} encoded, "
+        f"{visited.tokens_picked if visited.tokens_kept is None else visited.tokens_kept} kept"
     )
     draw = ImageDraw.Draw(panel)
     draw.rectangle([0, 0, 8 + 6 * len(label), 16], fill=(0, 0, 0))
@@ -89,7 +92,7 @@ def _colour_bar(width: int, lo: float, hi: float):
 
 def draw_focus(
     image: Any,
-    levels: Sequence[Mapping[str, Any]],
+    levels: Sequence[C2FLevel],
     *,
     tile: int,
     per_tile: int,
@@ -100,11 +103,11 @@ def draw_focus(
     box: Sequence[float] | None = None,
     header: Sequence[str] = (),
 ) -> Path:
-    """Draw the C2F statistics of one question (``C2FResult.stats["levels"]``) into a PNG.
+    """Draw the visited levels of one question (``C2FResult.record.c2f.levels``) into a PNG.
 
     Args:
         image: The :class:`~lrs_plugin.imagery.LargeImage` the question was about.
-        levels: Per visited level: ``level``, ``grid_shape_hw``, ``scores``, ``tiles``, ``selected_tiles``, ...
+        levels: The visited levels (``level``, ``grid_shape_hw``, ``scores``, ``tiles``, ``selected_tiles``, ...).
         tile: Tile size of the backbone (px).
         per_tile: Grid tokens per tile side.
         has_newline: Whether the grids carry a newline column.
@@ -128,15 +131,15 @@ def draw_focus(
     base = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     scale = base.size[0] / width
     panels, spans = [], []
-    for i, stats in enumerate(levels):
-        level = pyramid.levels[stats["level"]]
-        nxt = pyramid.levels[levels[i + 1]["level"]] if i + 1 < len(levels) else None
-        scores = np.asarray(stats["scores"], dtype=np.float64)
+    for i, seen in enumerate(levels):
+        level = pyramid.levels[seen.level]
+        nxt = pyramid.levels[levels[i + 1].level] if i + 1 < len(levels) else None
+        scores = np.asarray(seen.scores, dtype=np.float64)
         finite = scores[np.isfinite(scores)]
         span = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         spans.append(span)
         panels.append(
-            _panel(base, stats, level, nxt, per_tile=per_tile, has_newline=has_newline, scale=scale, box=box, span=span)
+            _panel(base, seen, level, nxt, per_tile=per_tile, has_newline=has_newline, scale=scale, box=box, span=span)
         )
     total = sum(p.size[0] for p in panels) + 8 * (len(panels) - 1)
     head_h = 6 + 14 * len(header)
@@ -193,7 +196,7 @@ def visualize(
             header[-1] += f"   ground truth: {doc['ground_truth']!r}"
         draw_focus(
             image,
-            result.stats["levels"],
+            result.record.c2f.levels,
             tile=backbone.tile_size,
             per_tile=backbone.patches_per_side // 2 if reducer.config.pool == "avg2x2" else backbone.patches_per_side,
             has_newline=backbone.image_newline is not None,
@@ -203,6 +206,13 @@ def visualize(
             header=header,
         )
     reducer.close()
-    keys = ("tiles_encoded", "vision_tokens_encoded", "vision_tokens_to_llm", "focus_tile_recall", "focus_token_recall")
-    totals = {k: result.stats.get(k) for k in keys}
+    record = result.record
+    recall = record.focus_recall
+    totals = {
+        "tiles_encoded": record.tiles_encoded,
+        "vision_tokens_encoded": record.vision_tokens_encoded,
+        "vision_tokens_to_llm": record.vision_tokens_to_llm,
+        "focus_tile_recall": None if recall is None else recall.tile,
+        "focus_token_recall": None if recall is None else recall.token,
+    }
     return {"answer": result.answer, "focus": reducer.focus_name, "out": str(out), **totals}

@@ -34,6 +34,7 @@ _EXPORTS = {
     "EFFICIENCY_KEYS": "accounting",
     "EfficiencyTally": "accounting",
     "ModelDims": "accounting",
+    "efficiency_figures": "accounting",
     "sample_tflops": "accounting",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,7 @@
 """Per-sample efficiency accounting recorded by the models: analytic TFLOPs in the ``full`` convention.
 
-Every term comes from :mod:`lrs_plugin.flops.terms` (formulas in its docstrings) and the token counts a reducer reports
-in its :class:`~lrs_plugin.reducers.ReducerOutput` stats, so all methods are counted the same way.
+Every term comes from :mod:`lrs_plugin.flops.terms` (formulas in its docstrings) and the token counts a reducer records
+in its :class:`~lrs_plugin.harness.record.SampleRecord`, so all methods are counted the same way.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrs_plugin import flops
+from lrs_plugin.errors import SampleRecordError
+from lrs_plugin.harness.record import SampleRecord
 
-__all__ = ["EFFICIENCY_KEYS", "EfficiencyTally", "ModelDims", "sample_tflops"]
+__all__ = ["EFFICIENCY_KEYS", "EfficiencyTally", "ModelDims", "efficiency_figures", "sample_tflops"]
 
-#: Per-sample efficiency figures every model of this plugin records; this plugin's tasks report each as a metric
-#: ``eff_<key>`` (the mean over the samples that have it), and :class:`EfficiencyTally` reports the same means for
-#: any task in lmms-eval's ``results["throughput"]``.
+#: Per-sample efficiency figures every model of this plugin records (:func:`efficiency_figures`); this plugin's tasks
+#: report each as a metric ``eff_<key>`` (the mean over the samples that have it), and :class:`EfficiencyTally` reports
+#: the same means for any task in lmms-eval's ``results["throughput"]``.
 EFFICIENCY_KEYS = (
     "vision_tokens_encoded",
     "vision_tokens_to_llm",
@@ -25,6 +27,19 @@ EFFICIENCY_KEYS = (
     "focus_tile_recall",  # lrs_plugin.focus.recall: docs with a target box, reducers that report it
     "focus_token_recall",
 )
+
+
+def efficiency_figures(record: SampleRecord) -> dict[str, float | None]:
+    """The :data:`EFFICIENCY_KEYS` figures of one sample, in that order (``None`` where it recorded none)."""
+    recall = record.focus_recall
+    return {
+        "vision_tokens_encoded": record.vision_tokens_encoded,
+        "vision_tokens_to_llm": record.vision_tokens_to_llm,
+        "tflops": record.tflops,
+        "latency_s": record.latency_s,
+        "focus_tile_recall": None if recall is None else recall.tile,
+        "focus_token_recall": None if recall is None else recall.token,
+    }
 
 
 @dataclass(frozen=True)
@@ -54,45 +69,56 @@ class ModelDims:
         return cls(lm=lm, vision=vision, vision_layers_used=used, projector_in=vision.hidden * len(layers))
 
 
-def sample_tflops(stats: Mapping[str, Any], dims: ModelDims) -> dict[str, float]:
+def sample_tflops(record: SampleRecord, dims: ModelDims) -> dict[str, float]:
     """TFLOPs of one answered question, by stage, and their ``total``.
 
     Args:
-        stats: A reducer's stats: ``tiles_encoded``, ``vision_tokens_encoded``, ``llm_input_len`` (or
-            ``llm_tokens_per_layer`` for in-LLM reducers), ``new_tokens`` and ``focus_passes`` (each
-            ``{"seq_len", "decoder_layers"}``; a scorer with 0 decoder layers costs nothing here); optional
-            ``projector_tokens`` when a reducer projects fewer tokens than it encoded (VisionZip).
+        record: A reducer's record: ``tiles_encoded``, ``vision_tokens_encoded``, ``llm_input_len`` (or
+            ``llm_tokens_per_layer`` for in-LLM reducers), ``new_tokens`` (the decode steps are ``new_tokens - 1``:
+            the first token comes from the prefill) and ``focus_passes`` (a scorer with 0 decoder layers costs
+            nothing here); ``projector_tokens`` when a reducer projects fewer tokens than it encoded (VisionZip).
         dims: The backbone's dimensions.
 
     Returns:
         ``{"vision_tower", "projector", "focus", "llm_prefill", "llm_decode", "total"}`` in TFLOPs (1e12 FLOPs).
+
+    Raises:
+        SampleRecordError: the record lacks ``tiles_encoded``, ``vision_tokens_encoded`` or the LLM input length.
     """
     lm = dims.lm
-    per_layer = stats.get("llm_tokens_per_layer") or flops.uniform_tokens_per_layer(
-        int(stats["llm_input_len"]), lm.num_layers
+    tiles, encoded = _needed(record, "tiles_encoded"), _needed(record, "vision_tokens_encoded")
+    per_layer = record.llm_tokens_per_layer or flops.uniform_tokens_per_layer(
+        _needed(record, "llm_input_len"), lm.num_layers
     )
+    projected = encoded if record.projector_tokens is None else record.projector_tokens
+    new_tokens = 1 if record.new_tokens is None else record.new_tokens
     terms = {
-        "vision_tower": flops.vision_tower_flops(int(stats["tiles_encoded"]), dims.vision, dims.vision_layers_used),
-        "projector": flops.projector_flops(
-            int(stats.get("projector_tokens", stats["vision_tokens_encoded"])), dims.projector_in, lm.hidden
-        ),
+        "vision_tower": flops.vision_tower_flops(int(tiles), dims.vision, dims.vision_layers_used),
+        "projector": flops.projector_flops(int(projected), dims.projector_in, lm.hidden),
         "focus": sum(
-            flops.focus_flops(int(p["seq_len"]), lm, int(p["decoder_layers"]) + 1)
-            for p in stats.get("focus_passes", ())
-            if int(p.get("decoder_layers", 0)) > 0
+            flops.focus_flops(int(p.seq_len), lm, int(p.decoder_layers) + 1)
+            for p in record.focus_passes or ()
+            if p.decoder_layers > 0
         ),
         "llm_prefill": flops.llm_prefill_flops(per_layer, lm),
-        "llm_decode": flops.llm_decode_flops(list(per_layer), max(int(stats.get("new_tokens", 1)) - 1, 0), lm),
+        "llm_decode": flops.llm_decode_flops(list(per_layer), max(int(new_tokens) - 1, 0), lm),
     }
     out = {k: v / 1e12 for k, v in terms.items()}
     out["total"] = sum(out.values())
     return out
 
 
+def _needed(record: SampleRecord, name: str) -> int:
+    value = getattr(record, name)
+    if value is None:
+        raise SampleRecordError(f"sample_tflops needs the record's {name}; it has none")
+    return int(value)
+
+
 class EfficiencyTally:
     """Efficiency figures of every request a model answered, summed per task, for tasks that report none.
 
-    This plugin's own tasks turn the per-sample stats into ``eff_*`` metrics. A task from anywhere else (lmms-eval's
+    This plugin's own tasks turn the per-sample records into ``eff_*`` metrics. A task from anywhere else (lmms-eval's
     built-in ``hrbench4k``, ``vstar_bench``...) only scores the answer text, so the model also reports, through
     lmms-eval's documented per-model channel (``log_metrics``, summarised into ``results["throughput"]`` with an
     ``avg_`` prefix), for all tasks together and for each task ``T``:
@@ -102,8 +128,8 @@ class EfficiencyTally:
     * ``eff_samples``, ``eff_failed`` (samples with a recorded error) and ``eff_text_only`` (requests without an
       image), and the same per task;
     * ``eff_resume_disabled`` (and per task), only when some answers were generated while the resume store could not
-      be written (stats key ``resume_disabled``, :mod:`lrs_plugin.harness.resume`): that many would be generated again
-      by a rerun.
+      be written (:attr:`SampleRecord.resume_disabled <lrs_plugin.harness.record.SampleRecord.resume_disabled>`,
+      :mod:`lrs_plugin.harness.resume`): that many would be generated again by a rerun.
 
     Under several processes the sums of every rank are gathered first (every rank calls :meth:`report`, as every
     rank runs ``generate_until``), so the figures cover the whole run.
@@ -112,16 +138,15 @@ class EfficiencyTally:
     def __init__(self) -> None:
         self._tasks: dict[str, dict[str, float]] = {}
 
-    def add(self, task: str, stats: Mapping[str, Any]) -> None:
-        """Count one answered request of ``task`` from the stats its reducer recorded."""
+    def add(self, task: str, record: SampleRecord) -> None:
+        """Count one answered request of ``task`` from its record."""
         row = self._tasks.setdefault(str(task), {})
         row["samples"] = row.get("samples", 0) + 1
-        row["failed"] = row.get("failed", 0) + ("error" in stats)
-        row["text_only"] = row.get("text_only", 0) + bool(stats.get("text_only"))
-        row["resume_disabled"] = row.get("resume_disabled", 0) + bool(stats.get("resume_disabled"))
-        row["new_tokens"] = row.get("new_tokens", 0) + int(stats.get("new_tokens") or 0)
-        for key in EFFICIENCY_KEYS:
-            value = stats.get(key)
+        row["failed"] = row.get("failed", 0) + (record.error is not None)
+        row["text_only"] = row.get("text_only", 0) + bool(record.text_only)
+        row["resume_disabled"] = row.get("resume_disabled", 0) + bool(record.resume_disabled)
+        row["new_tokens"] = row.get("new_tokens", 0) + int(record.new_tokens or 0)
+        for key, value in efficiency_figures(record).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[f"sum:{key}"] = row.get(f"sum:{key}", 0.0) + float(value)
                 row[f"n:{key}"] = row.get(f"n:{key}", 0) + 1

@@ -25,6 +25,7 @@ import numpy as np
 
 from lrs_plugin.c2f.pyramid import LevelGeometry
 from lrs_plugin.data.lrs_vqa import clip_box
+from lrs_plugin.harness.record import FocusRecall
 
 __all__ = ["box_center_tile", "clipped_box", "doc_box", "recall_stats", "region_recall", "tile_recall", "token_recall"]
 
@@ -142,8 +143,8 @@ def recall_stats(
     image_wh: tuple[int, int],
     cells: np.ndarray,
     region: Sequence[float] | None = None,
-) -> dict[str, float | None]:
-    """``focus_tile_recall`` / ``focus_token_recall`` of the doc's ``hbox`` (the stats keys C2F reports).
+) -> FocusRecall:
+    """Tile and token recall of the doc's ``hbox`` (``focus_tile_recall`` / ``focus_token_recall`` of the record).
 
     Args:
         doc: The task document; its ``hbox`` is ``[x1, y1, x2, y2]`` in source pixels.
@@ -152,17 +153,16 @@ def recall_stats(
         region: Source pixels the finest encoded tiles show (:func:`region_recall`); ``None``: the whole image.
 
     Returns:
-        Both keys; both ``None`` when the doc has no 4-number box, a malformed one, or one outside the image.
+        Both figures; both ``None`` when the doc has no 4-number box, a malformed one, or one outside the image.
     """
     target = doc_box(doc, image_wh)
     if target is None:
-        return {"focus_tile_recall": None, "focus_token_recall": None}
+        return FocusRecall(tile=None, token=None)
     cells = np.asarray(cells, dtype=np.float64).reshape(-1, 4)
     # Only the cells meeting the box matter (NaN comparisons are False): keeps the exact union small.
     meets = (
         (cells[:, 0] < target[2]) & (cells[:, 2] > target[0]) & (cells[:, 1] < target[3]) & (cells[:, 3] > target[1])
     )
-    return {
-        "focus_tile_recall": region_recall(target, image_wh, region),
-        "focus_token_recall": token_recall(target, image_wh, cells[meets].tolist()),
-    }
+    return FocusRecall(
+        tile=region_recall(target, image_wh, region), token=token_recall(target, image_wh, cells[meets].tolist())
+    )

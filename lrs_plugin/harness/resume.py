@@ -3,19 +3,23 @@
 lmms-eval 0.7.3 calls the model's ``generate_until`` once for all requests of all tasks, and its ``--use_cache``
 writes nothing until that call returns (and is invalidated by any ``--model_args`` change), so a crash after hours
 of generation loses everything. With ``resume_dir=PATH`` the model appends one JSON line per answer (text and the
-per-sample stats, TFLOPs included) to ``PATH/answers.rank<R>-of-<W>.jsonl`` and flushes + fsyncs it before moving
+per-sample record, TFLOPs included) to ``PATH/answers.rank<R>-of-<W>.jsonl`` and flushes + fsyncs it before moving
 on; a rerun loads every ``answers.*.jsonl`` of the folder (so a store written with 4 processes serves a run with 2)
 and generates only the answers it does not find.
 
 An answer is found by :func:`answer_key`: a SHA-256 of the task, split, document id, question id, image name,
-prompt, generation kwargs (except ``until``, applied when serving) and :func:`settings_fingerprint` (checkpoint path
-and ``config.json`` hash, plugin version and every setting that can change an answer, as
+prompt, generation kwargs (except ``until``) and :func:`settings_fingerprint` (checkpoint path and ``config.json``
+hash, plugin version and every setting that can change an answer, as
 :func:`lrs_plugin.harness.settings.answer_settings` defines it: reducer and all its options, dtype, vision dtype,
 device, device map, attention implementation, ``trust_remote_code``, tile batch size, ``max_new_tokens``). Any change
 of those gives new keys: stale answers are never served. Stores written before the fingerprint read
 ``answer_settings`` (when device, device map and tile batch size did not count) have other keys: their answers are
-generated again, never served under the wider definition.
-Failed samples (e.g. an unreadable image, out of memory) are not stored, so a rerun retries them.
+generated again, never served under the wider definition. Generation stops at the task's ``until`` stop strings, so
+each line also records the ones it was generated with (``stop_strings``) and the model serves it only to a request
+with the same ones; a line without that field (written when answers were generated to the end and cut afterwards)
+holds the whole answer and serves any. The per-sample record is written as its JSON object
+(:meth:`SampleRecord.to_dict <lrs_plugin.harness.record.SampleRecord.to_dict>`, field ``stats``). Failed samples
+(e.g. an unreadable image, out of memory) are not stored, so a rerun retries them.
 
 A line cut short by a kill (or written by another rank while this one reads) is skipped with a warning; before the
 first append to its own file a rank truncates such a torn tail, so new lines never glue onto it. Every line also
@@ -26,24 +30,27 @@ logged in one warning, and those answers are generated again.
 A store that cannot be written (read-only or full disk, no permission: an ``OSError`` when the folder is created,
 when this rank's file is opened, or on any write) does not end the run: one warning names the folder and the error,
 the store stops writing (answers already loaded are still served), and :attr:`ResumeStore.disabled` tells the model
-to mark each answer it generates from then on (stats key :data:`RESUME_DISABLED_KEY`). With ``strict=True``
+to mark each answer it generates from then on (record key :data:`RESUME_DISABLED_KEY`). With ``strict=True``
 (``resume_strict=true``) a :class:`ResumeStoreError` naming the folder is raised instead.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from loguru import logger
 
-from lrs_plugin.errors import LrsPluginError
+from lrs_plugin.errors import LrsPluginError, SampleRecordError
+from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.harness.settings import ModelSettings, answer_settings
 
 __all__ = [
@@ -61,7 +68,7 @@ __all__ = [
 #: Version of the line layout; part of every key, so a layout change never reads old lines as new ones.
 RESUME_FORMAT = 1
 
-#: Per-sample stats key set to ``True`` on every answer generated while the store could not be written: the run
+#: Per-sample record key set to ``True`` on every answer generated while the store could not be written: the run
 #: goes on, but a rerun would generate those answers again.
 RESUME_DISABLED_KEY = "resume_disabled"
 
@@ -81,12 +88,16 @@ class StoredAnswer:
     """One finished answer as the model produced it.
 
     Attributes:
-        raw_text: The decoded answer before the task's ``until`` stop strings are applied.
-        stats: The per-sample stats handed to the task (:mod:`lrs_plugin.harness.record`).
+        raw_text: The answer text as generated: cut before the first of ``stop_strings``; the whole decoded answer
+            when ``stop_strings`` is ``None``.
+        record: The per-sample record handed to the task (:class:`~lrs_plugin.harness.record.SampleRecord`).
+        stop_strings: The stop strings generation ended at; ``None`` for a line written before they were applied
+            during generation (its text still holds everything after them).
     """
 
     raw_text: str
-    stats: dict[str, Any]
+    record: SampleRecord
+    stop_strings: tuple[str, ...] | None = None
 
 
 def _digest(obj: Any) -> str:
@@ -158,8 +169,8 @@ def answer_key(
         doc: The document (its ``question_id`` and ``image`` name are part of the key when they are plain values;
             a decoded image in the document, as in lmms-eval's built-in tasks, is not).
         context: The prompt text.
-        gen_kwargs: The task's generation kwargs; ``until`` is left out (the store keeps the text before it is
-            applied).
+        gen_kwargs: The task's generation kwargs; ``until`` is left out (each answer records its stop strings, see
+            :class:`StoredAnswer`).
 
     Returns:
         A hex SHA-256.
@@ -185,11 +196,20 @@ def _plain(value: Any) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
-    """JSON fallback for numpy / torch scalars in stats."""
+    """JSON fallback for numpy / torch scalars in a record."""
     item = getattr(value, "item", None)
     if callable(item):
         return item()
-    raise TypeError(f"stats value {value!r} ({type(value).__name__}) is not JSON serializable")
+    raise TypeError(f"record value {value!r} ({type(value).__name__}) is not JSON serializable")
+
+
+def _stop_strings(value: Any) -> tuple[str, ...] | None:
+    """A line's ``stop_strings`` (absent / ``null``: ``None``)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise TypeError(f"stop_strings={value!r} is not a list of strings")
+    return tuple(value)
 
 
 def record_checksum(record: Mapping[str, Any]) -> str:
@@ -221,23 +241,25 @@ def _read_file(path: Path, answers: dict[str, StoredAnswer]) -> int:
             continue
         torn = number == len(lines)  # no newline after it: the write was cut short
         try:
-            record = json.loads(line)
-            key, raw_text, stats = record["key"], record["raw_text"], record["stats"]
+            line_obj = json.loads(line)
+            key, raw_text, stats = line_obj["key"], line_obj["raw_text"], line_obj["stats"]
             if not isinstance(key, str) or not isinstance(raw_text, str) or not isinstance(stats, dict):
                 raise TypeError("key/raw_text/stats have the wrong types")
-        except (ValueError, KeyError, TypeError) as exc:
+            stops = _stop_strings(line_obj.get("stop_strings"))
+            answer = StoredAnswer(raw_text, SampleRecord.from_dict(stats), stops)
+        except (ValueError, KeyError, TypeError, SampleRecordError) as exc:
             skipped += 1
             what = "torn last line (a run was killed while writing it)" if torn else "malformed line"
             logger.warning("resume: {}, line {}: {} skipped ({}); it will be regenerated", path, number, what, exc)
             continue
-        check = record.get(_CHECKSUM_FIELD)
+        check = line_obj.get(_CHECKSUM_FIELD)
         if check is None:
             unchecked += 1
             continue
-        if check != record_checksum(record):
+        if check != record_checksum(line_obj):
             altered += 1
             continue
-        answers[key] = StoredAnswer(raw_text=raw_text, stats=stats)
+        answers[key] = answer
     if altered:
         logger.warning(
             "resume: {}: {} lines skipped: their content does not match their checksum (changed after they were "
@@ -307,17 +329,26 @@ class ResumeStore:
         return len(self._answers)
 
     def get(self, key: str) -> StoredAnswer | None:
-        """The stored answer for ``key`` (a copy of its stats), or ``None``."""
+        """The stored answer for ``key`` (a copy of its record), or ``None``."""
         found = self._answers.get(key)
-        return None if found is None else StoredAnswer(found.raw_text, json.loads(json.dumps(found.stats)))
+        return None if found is None else dataclasses.replace(found, record=copy.deepcopy(found.record))
 
-    def put(self, key: str, raw_text: str, stats: Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bool:
+    def put(
+        self,
+        key: str,
+        raw_text: str,
+        record: SampleRecord,
+        *,
+        stop_strings: Sequence[str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Append one answer to this rank's file, flushed and fsync'd before returning.
 
         Args:
             key: :func:`answer_key` of the request.
-            raw_text: The answer before ``until`` is applied.
-            stats: Its per-sample stats (JSON-serializable; numpy / torch scalars are converted).
+            raw_text: The answer text as generated (cut before the first of ``stop_strings``).
+            record: Its per-sample record (values JSON-serializable; numpy / torch scalars are converted).
+            stop_strings: The stop strings generation ended at (the request's ``until``), recorded with the line.
             meta: Readable context stored with the line (task, doc id, question id); not used for lookups.
 
         Returns:
@@ -326,12 +357,18 @@ class ResumeStore:
 
         Raises:
             ResumeStoreError: with ``strict``, the write failed (names the file and the OS error).
-            TypeError: a stats value is not JSON serializable (nothing is written; the store stays enabled).
+            TypeError: a record value is not JSON serializable (nothing is written; the store stays enabled).
+            SampleRecordError: a record value does not fit its field (nothing is written).
         """
-        record = {**(meta or {}), "key": key, "raw_text": raw_text, "stats": dict(stats)}
-        record = json.loads(json.dumps(record, ensure_ascii=False, default=_jsonable))  # plain JSON, as read back
-        record[_CHECKSUM_FIELD] = record_checksum(record)
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line_obj: dict[str, Any] = {**(meta or {}), "key": key, "raw_text": raw_text, "stats": record.to_dict()}
+        if stop_strings is not None:
+            line_obj["stop_strings"] = list(stop_strings)
+        line_obj = json.loads(json.dumps(line_obj, ensure_ascii=False, default=_jsonable))  # plain JSON, as read back
+        line_obj[_CHECKSUM_FIELD] = record_checksum(line_obj)
+        stored = StoredAnswer(
+            line_obj["raw_text"], SampleRecord.from_dict(line_obj["stats"]), _stop_strings(line_obj.get("stop_strings"))
+        )
+        line = (json.dumps(line_obj, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             handle = self._open()
             if handle is None:
@@ -343,7 +380,7 @@ class ResumeStore:
             except OSError as exc:
                 self._fail(f"cannot write resume file {self.path}: {exc}", exc)
                 return False
-            self._answers[key] = StoredAnswer(raw_text=record["raw_text"], stats=record["stats"])
+            self._answers[key] = stored
             self.written += 1
             return True
 
@@ -370,7 +407,7 @@ class ResumeStore:
             self._handle = None
         logger.warning(
             "resume: RESUME DISABLED: {}. The run CONTINUES WITHOUT SAVING ANSWERS to resume_dir {}: answers "
-            "generated from now on are not stored (their stats carry {}=true) and a rerun would generate them again. "
+            "generated from now on are not stored (their records carry {}=true) and a rerun would generate them again. "
             "Free space or fix the folder's permissions and rerun to complete the store, or set resume_strict=true "
             "to stop the run instead.",
             what,

@@ -19,6 +19,7 @@ from lrs_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.harness.record import FocusRecall
 
 __all__ = ["encoded_region", "focus_recall", "stock_cells", "tile_cells", "tile_fit"]
 
@@ -108,8 +109,8 @@ def focus_recall(
     kept: Any = None,
     *,
     num_tokens: int,
-) -> dict[str, float | None]:
-    """``focus_tile_recall`` / ``focus_token_recall`` of a stock-layout reducer (both ``None`` without a box).
+) -> FocusRecall:
+    """Tile and token recall of a stock-layout reducer (both ``None`` without a box).
 
     Args:
         backbone: The backbone (for the encoded region).

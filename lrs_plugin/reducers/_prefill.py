@@ -22,20 +22,23 @@ are passed to the layers only through ``position_embeddings`` (kernels never see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.flops.terms import equivalent_tokens  # re-exported: the one layer average
+from lrs_plugin.harness.record import InLLMDetails, SampleRecord
 from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     import torch
 
     from lrs_plugin.backbone.adapter import Backbone, GenerationOutput
+    from lrs_plugin.harness.record import FocusRecall
     from lrs_plugin.reducers._tiles import TileLimit
 
 __all__ = [
@@ -300,7 +303,8 @@ def greedy_decode(
         prefill: Result of :func:`pruned_prefill`.
         max_new_tokens: Upper bound on generated tokens (``>= 1``).
         eos_token_ids: Generation stops after emitting one of these (it is included in the result).
-        should_stop: Optional predicate on the ids generated so far (e.g. stop strings).
+        should_stop: Optional predicate on the ids generated so far; generation stops after the first token for which
+            it holds (it is included), e.g. :func:`lrs_plugin.backbone.stops.stop_criterion`.
 
     Returns:
         The generated ids.
@@ -343,8 +347,9 @@ def generate_pruned(
 ) -> tuple[GenerationOutput, PrefillResult]:
     """Pruned prefill + greedy decoding on ``backbone``, finished like :meth:`Backbone.generate`.
 
-    Stop strings end generation as soon as the decoded answer contains one (transformers' criterion looks for it
-    at the end of the text; the first step where it appears is the same); the text is cut before the first one.
+    Stop strings end decoding after the token with which the answer first contains one, by the criterion
+    :meth:`Backbone.generate` hands to ``generate`` (:func:`~lrs_plugin.backbone.stops.stop_criterion`); the text is
+    cut before it (:func:`~lrs_plugin.backbone.stops.cut_at_stop`).
 
     Args:
         backbone: The loaded backbone.
@@ -353,22 +358,17 @@ def generate_pruned(
         stages: Drop schedule.
         positions: ``"original"`` or ``"renumber"``.
         max_new_tokens: Upper bound on generated tokens.
-        stop_strings: Optional strings that end generation.
+        stop_strings: Strings that end generation (the task's ``until``).
         eos_token_ids: Stop ids; default the backbone's (``[tokenizer.eos_token_id]``, as ``generate``).
 
     Returns:
         ``(answer, prefill)``; the prefill's cache holds the decoded tokens too.
     """
     from lrs_plugin.backbone.adapter import GenerationOutput
+    from lrs_plugin.backbone.stops import cut_at_stop, stop_criterion
 
     eos = list(eos_token_ids) if eos_token_ids else backbone._default_eos_ids()
-    stops = [s for s in stop_strings or () if s]
     tokenizer = backbone.tokenizer
-
-    def should_stop(ids: list[int]) -> bool:
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        return any(s in text for s in stops)
-
     lm = backbone.language_model
     prefill = pruned_prefill(lm, inputs_embeds, image_span, stages, positions=positions)
     ids = greedy_decode(
@@ -377,12 +377,10 @@ def generate_pruned(
         prefill,
         max_new_tokens=max_new_tokens,
         eos_token_ids=eos,
-        should_stop=should_stop if stops else None,
+        should_stop=stop_criterion(tokenizer, stop_strings),
     )
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    for stop in stops:
-        text = text.split(stop, 1)[0]
-    return GenerationOutput(text=text.strip(), new_token_ids=tuple(ids), num_new_tokens=len(ids)), prefill
+    text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings)
+    return GenerationOutput(text=text, new_token_ids=tuple(ids), num_new_tokens=len(ids)), prefill
 
 
 class InLLMReducer:
@@ -409,8 +407,8 @@ class InLLMReducer:
         self.tiles = tiles if tiles is not None else TileLimit(reducer=self.name)
         self.vision = PlainVision(backbone, grid_pinpoints=self.tiles.grid_pinpoints(backbone))
 
-    def schedule(self, num_image: int) -> tuple[list[DropStage], dict[str, Any]]:
-        """Drop stages for ``num_image`` image tokens, and the method's knob values to record in the stats."""
+    def schedule(self, num_image: int) -> tuple[list[DropStage], SampleRecord]:
+        """Drop stages for ``num_image`` image tokens, and a record of the method's own fields (its knobs)."""
         raise NotImplementedError
 
     def answer(
@@ -420,7 +418,7 @@ class InLLMReducer:
         *,
         doc: Mapping[str, Any],
         max_new_tokens: int,
-        stop_strings: list[str] | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> ReducerOutput:
         """Answer one question, dropping image tokens inside the LLM."""
         with borrow_image(image) as source:
@@ -438,27 +436,28 @@ class InLLMReducer:
             max_new_tokens=max_new_tokens,
             stop_strings=stop_strings,
         )
-        stats = {
-            "tiles_encoded": tiles,
-            "vision_tokens_encoded": tiles * self.backbone.tokens_per_tile,
-            "vision_tokens_to_llm": span.stop - span.start,
-            "llm_input_len": int(embeds.shape[1]),
-            "new_tokens": out.num_new_tokens,
-            "focus_passes": [],
-            "llm_tokens_per_layer": prefill.tokens_per_layer,
-            "vision_tokens_per_layer": prefill.vision_tokens_per_layer,
-            "equivalent_vision_tokens": equivalent_tokens(prefill.vision_tokens_per_layer),
-            "position_ids": self.positions,
-            **knobs,
-        }
-        if self.tiles.max_tiles is not None:
-            stats["max_tiles"] = self.tiles.max_tiles
-        stats.update(self._focus_recall(image_wh, doc, prefill, span))
-        return ReducerOutput(text=out.text, stats=stats)
+        record = dataclasses.replace(
+            knobs,
+            tiles_encoded=tiles,
+            vision_tokens_encoded=tiles * self.backbone.tokens_per_tile,
+            vision_tokens_to_llm=span.stop - span.start,
+            llm_input_len=int(embeds.shape[1]),
+            new_tokens=out.num_new_tokens,
+            focus_passes=[],
+            llm_tokens_per_layer=prefill.tokens_per_layer,
+            in_llm=InLLMDetails(
+                vision_tokens_per_layer=prefill.vision_tokens_per_layer,
+                equivalent_vision_tokens=equivalent_tokens(prefill.vision_tokens_per_layer),
+                position_ids=self.positions,
+            ),
+            max_tiles=self.tiles.max_tiles,
+            focus_recall=self._focus_recall(image_wh, doc, prefill, span),
+        )
+        return ReducerOutput(text=out.text, record=record)
 
     def _focus_recall(
         self, image_wh: tuple[int, int], doc: Mapping[str, Any], prefill: PrefillResult, span: slice
-    ) -> dict[str, float | None]:
+    ) -> FocusRecall:
         """Recall of the image tokens kept by the last stage (all of them without a stage)."""
         from lrs_plugin.reducers._cells import focus_recall, stock_cells
 

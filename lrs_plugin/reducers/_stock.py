@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
 
 if TYPE_CHECKING:
@@ -111,28 +113,30 @@ def answer_plain(
     question: str,
     *,
     max_new_tokens: int,
-    stop_strings: list[str] | None = None,
+    stop_strings: Sequence[str] | None = None,
     max_tiles: int | None = None,
+    record: SampleRecord | None = None,
 ) -> ReducerOutput:
-    """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and report the standard stats.
+    """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and record the standard counts.
 
-    Shared by every reducer that shortens the vision sequence before the LLM; ``max_tiles`` (an anyres-pN limit
-    the tokens were encoded under) is recorded in the stats when set.
+    Shared by every reducer that shortens the vision sequence before the LLM. ``record`` holds the method's own
+    fields (focus recall, knobs), completed here with the counts; ``max_tiles`` (an anyres-pN limit the tokens were
+    encoded under) is recorded when set.
     """
     prefix, suffix = backbone.split_prompt(question)
     embeds, _ = backbone.assemble(prefix, vision, suffix)
     out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
-    stats = {
-        "tiles_encoded": tiles,
-        "vision_tokens_encoded": tiles * backbone.tokens_per_tile,
-        "vision_tokens_to_llm": int(vision.shape[0]),
-        "llm_input_len": int(embeds.shape[1]),
-        "new_tokens": out.num_new_tokens,
-        "focus_passes": [],
-    }
-    if max_tiles is not None:
-        stats["max_tiles"] = int(max_tiles)
-    return ReducerOutput(text=out.text, stats=stats)
+    filled = dataclasses.replace(
+        record or SampleRecord(),
+        tiles_encoded=tiles,
+        vision_tokens_encoded=tiles * backbone.tokens_per_tile,
+        vision_tokens_to_llm=int(vision.shape[0]),
+        llm_input_len=int(embeds.shape[1]),
+        new_tokens=out.num_new_tokens,
+        focus_passes=[],
+        max_tiles=None if max_tiles is None else int(max_tiles),
+    )
+    return ReducerOutput(text=out.text, record=filled)
 
 
 class PreLLMReducer:
@@ -140,7 +144,7 @@ class PreLLMReducer:
 
     Subclasses set :attr:`backbone`, :attr:`vision` (a :class:`PlainVision`, or a :class:`LastImage` whose ``get``
     returns ``(tokens [N, C], tiles, ...)``) and :attr:`max_tiles`; they override :meth:`vision_for` to change the
-    cached tokens per question or to add stats (e.g. the focus recall of the question's ``doc``).
+    cached tokens per question or to record more (e.g. the focus recall of the question's ``doc``).
     """
 
     stage = "pre_llm"
@@ -150,10 +154,10 @@ class PreLLMReducer:
 
     def vision_for(
         self, image: LargeImage, doc: Mapping[str, Any] | None = None
-    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """``(tokens [N, C] sent to the LLM, tiles encoded, extra stats)`` for ``image`` and the question's ``doc``."""
+    ) -> tuple[torch.Tensor, int, SampleRecord]:
+        """``(tokens [N, C] sent to the LLM, tiles encoded, the method's fields)`` for ``image`` and ``doc``."""
         vision, tiles = self.vision.get(image)
-        return vision, tiles, {}
+        return vision, tiles, SampleRecord()
 
     def answer(
         self,
@@ -162,12 +166,12 @@ class PreLLMReducer:
         *,
         doc: Mapping[str, Any],
         max_new_tokens: int,
-        stop_strings: list[str] | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> ReducerOutput:
-        """Answer with the tokens of :meth:`vision_for`; its extra stats join the standard ones."""
+        """Answer with the tokens of :meth:`vision_for`; its record is completed with the standard counts."""
         with borrow_image(image) as source:
-            vision, tiles, extra = self.vision_for(source, doc)
-        out = answer_plain(
+            vision, tiles, record = self.vision_for(source, doc)
+        return answer_plain(
             self.backbone,
             vision,
             tiles,
@@ -175,9 +179,8 @@ class PreLLMReducer:
             max_new_tokens=max_new_tokens,
             stop_strings=stop_strings,
             max_tiles=self.max_tiles,
+            record=record,
         )
-        out.stats.update(extra)
-        return out
 
     def close(self) -> None:
         """Forget the last image's vision tokens."""

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from lrs_plugin.backbone.adapter import SUPPORTED_ARCHS
+from lrs_plugin.harness.record import SampleRecord
 
 if TYPE_CHECKING:
     from lrs_plugin.imagery.large_image import LargeImage
@@ -51,14 +52,14 @@ class ReducerOutput:
     """The answer to one question and its accounting.
 
     Attributes:
-        text: The decoded answer (stripped).
-        stats: ``vision_tokens_encoded``, ``vision_tokens_to_llm``, ``llm_input_len``, ``new_tokens``,
-            ``tiles_encoded``, ``focus_passes`` (list of ``{"seq_len", "decoder_layers"}``) and method-specific
-            entries (e.g. C2F's per-level statistics).
+        text: The decoded answer, cut before the first stop string and stripped.
+        record: Its :class:`~lrs_plugin.harness.record.SampleRecord`: every reducer fills ``tiles_encoded``,
+            ``vision_tokens_encoded``, ``vision_tokens_to_llm``, ``llm_input_len``, ``new_tokens`` and
+            ``focus_passes``, plus its method's own fields (e.g. C2F's levels, FastV's schedule, the focus recall).
     """
 
     text: str
-    stats: dict[str, Any] = field(default_factory=dict)
+    record: SampleRecord = field(default_factory=SampleRecord)
 
 
 class Reducer(Protocol):
@@ -74,9 +75,13 @@ class Reducer(Protocol):
         *,
         doc: Mapping[str, Any],
         max_new_tokens: int,
-        stop_strings: list[str] | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> ReducerOutput:
-        """Answer one question about ``image`` (a :class:`~lrs_plugin.imagery.LargeImage`, or a path)."""
+        """Answer one question about ``image`` (a :class:`~lrs_plugin.imagery.LargeImage`, or a path).
+
+        Generation ends at the first of ``stop_strings`` (the task's ``until``) or after ``max_new_tokens``; the text
+        is cut before the stop string (:mod:`lrs_plugin.backbone.stops`).
+        """
         ...
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
@@ -80,7 +80,7 @@ class C2FReducer:
         *,
         doc: Mapping[str, Any],
         max_new_tokens: int,
-        stop_strings: list[str] | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> ReducerOutput:
         """Answer one question with coarse-to-fine pruning."""
         from lrs_plugin.c2f.driver import run_c2f
@@ -96,9 +96,7 @@ class C2FReducer:
                 max_new_tokens=max_new_tokens,
                 stop_strings=stop_strings,
             )
-        stats = dict(result.stats)
-        stats["focus"] = self.focus_name
-        return ReducerOutput(text=result.answer, stats=stats)
+        return ReducerOutput(text=result.answer, record=dataclasses.replace(result.record, focus=self.focus_name))
 
     def close(self) -> None:
         """Nothing is kept between questions (the model owns the open images)."""

@@ -11,7 +11,7 @@ are always kept.
 Budget (baselines.md §1.1): FastV's layer-averaged vision tokens are ``T_eq = (K·N + (L-K)·k) / L`` with ``k`` the
 kept count. ``budget=B`` solves the method's own knob ``R`` per sample: ``k = floor((B·L - K·N) / (L-K))`` clipped to
 ``[1, N]`` (the largest ``k`` with ``T_eq <= B``), ``R = 1 - k/N``. When ``B < (K·N + L-K) / L`` no ``R`` reaches it
-(the first ``K`` layers see every token); one token is kept and the stats say ``budget_met: False``.
+(the first ``K`` layers see every token); one token is kept and the record says ``budget_met: False``.
 
 Deviations: the attention row is rebuilt from q/k instead of ``output_attentions`` (same numbers, any kernel);
 the dropped set is fixed at prefill (FastV's KV-cache variant); on models with fewer than 3 layers the default ``K``
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.flops.terms import equivalent_tokens, fastv_keep, staged_tokens_per_layer
+from lrs_plugin.harness.record import FastVKnobs, SampleRecord
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
 from lrs_plugin.reducers._tiles import is_finite_number, take_options
 from lrs_plugin.reducers.registry import register_reducer
@@ -109,19 +110,16 @@ class FastVReducer(InLLMReducer):
         if not 1 <= self.k <= num_layers - 1:
             raise ConfigError(f"fastv: k={self.k} must lie in [1, {num_layers - 1}] for a {num_layers}-layer model")
 
-    def schedule(self, num_image: int) -> tuple[list[DropStage], dict[str, Any]]:
+    def schedule(self, num_image: int) -> tuple[list[DropStage], SampleRecord]:
         """One drop before layer ``K``, ranked with layer ``K-1``'s q/k."""
         num_layers = self.backbone.num_layers
         if self.config.budget is None:
             keep = fastv_keep(num_image, self.config.r)
         else:
             keep = solve_fastv_keep(num_image, self.config.budget, self.k, num_layers)
-        knobs: dict[str, Any] = {
-            "fastv_k": self.k,
-            "fastv_r": 1 - keep / num_image,
-            "fastv_keep": keep,
-            "budget": self.config.budget,
-        }
+        budget_met = None
         if self.config.budget is not None:
-            knobs["budget_met"] = fastv_equivalent_tokens(num_image, keep, self.k, num_layers) <= self.config.budget
-        return [DropStage(score_layer=self.k - 1, drop_before=self.k, keep=keep)], knobs
+            budget_met = fastv_equivalent_tokens(num_image, keep, self.k, num_layers) <= self.config.budget
+        knobs = FastVKnobs(k=self.k, r=1 - keep / num_image, keep=keep, budget=self.config.budget)
+        record = SampleRecord(fastv=knobs, budget_met=budget_met)
+        return [DropStage(score_layer=self.k - 1, drop_before=self.k, keep=keep)], record

@@ -15,7 +15,7 @@ Default ``layer_list``: the released ``[8, 16, 24]`` is the quarter points of 32
 Budget (baselines.md §1.1; the author's recipe, PyramidDrop issues #10/#29): the layer-averaged vision tokens are
 ``T_eq(λ) = (l_1·N + Σ_s (l_{s+1} - l_s)·max(1, int(N·λ^s))) / L`` with ``l_{S+1} = L``, a non-decreasing step
 function of ``λ``. ``budget=B`` solves ``λ`` per sample by bisection (60 halvings of ``[0, 1]``) for the largest
-``λ`` with ``T_eq(λ) <= B``; when even one kept token per stage exceeds ``B`` the stats say ``budget_met: False``.
+``λ`` with ``T_eq(λ) <= B``; when even one kept token per stage exceeds ``B`` the record says ``budget_met: False``.
 
 Deviations: the dropped set is fixed at prefill (no re-ranking while decoding, as PDrop's inference code).
 """
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.flops.terms import equivalent_tokens, pdrop_keeps, staged_tokens_per_layer
+from lrs_plugin.harness.record import PDropKnobs, SampleRecord
 from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
 from lrs_plugin.reducers._tiles import is_finite_number, take_options
 from lrs_plugin.reducers.registry import register_reducer
@@ -160,24 +161,19 @@ class PDropReducer(InLLMReducer):
                 f"{num_layers}-layer model"
             )
 
-    def schedule(self, num_image: int) -> tuple[list[DropStage], dict[str, Any]]:
+    def schedule(self, num_image: int) -> tuple[list[DropStage], SampleRecord]:
         """One drop per entry of ``layer_list``, each ranked with that layer's q/k."""
         num_layers = self.backbone.num_layers
         lam = self.config.lam
         if self.config.budget is not None:
             lam = solve_pdrop_lambda(num_image, self.config.budget, self.layer_list, num_layers)
         keeps = pdrop_keeps(num_image, lam, len(self.layer_list))
-        knobs: dict[str, Any] = {
-            "pdrop_layer_list": list(self.layer_list),
-            "pdrop_lambda": lam,
-            "pdrop_keeps": keeps,
-            "budget": self.config.budget,
-        }
+        budget_met = None
         if self.config.budget is not None:
-            equivalent = pdrop_equivalent_tokens(num_image, keeps, self.layer_list, num_layers)
-            knobs["budget_met"] = equivalent <= self.config.budget
+            budget_met = pdrop_equivalent_tokens(num_image, keeps, self.layer_list, num_layers) <= self.config.budget
+        knobs = PDropKnobs(layer_list=list(self.layer_list), lam=lam, keeps=list(keeps), budget=self.config.budget)
         stages = [
             DropStage(score_layer=layer, drop_before=layer, keep=n)
             for layer, n in zip(self.layer_list, keeps, strict=True)
         ]
-        return stages, knobs
+        return stages, SampleRecord(pdrop=knobs, budget_met=budget_met)

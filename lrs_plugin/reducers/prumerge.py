@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.harness.record import PruMergeKnobs, SampleRecord, TileTokenCounts
 from lrs_plugin.reducers._stock import LastImage, PreLLMReducer
 from lrs_plugin.reducers._tiles import take_options
 from lrs_plugin.reducers.registry import register_reducer
@@ -309,26 +310,22 @@ class PruMergeReducer(PreLLMReducer):
 
     def vision_for(
         self, image: LargeImage, doc: Mapping[str, Any] | None = None
-    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """The PruMerge tokens of the image (computed once per image), the method's stats and the focus recall."""
+    ) -> tuple[torch.Tensor, int, SampleRecord]:
+        """The PruMerge tokens of the image (computed once per image), the method's settings and the focus recall."""
         from lrs_plugin.reducers._cells import focus_recall
 
         vision, tiles, counts, cells = self.vision.get(image)
-        recall = focus_recall(self.backbone, doc, image.size, cells, num_tokens=int(vision.shape[0]))
-        extra = {
-            "projector_tokens": int(vision.shape[0]),  # only the kept tokens go through the projector
-            "prumerge": {
-                "variant": self.config.variant,
-                "adaptive": self.config.adaptive,
-                "reduction_ratio": self.config.reduction_ratio,
-                "max_tiles": self.max_tiles,
-                # Tokens per tile sent to the LLM: kept patches (+ uniform samples) + the pruned-summary token.
-                "tokens_per_tile": {
-                    "min": min(counts),
-                    "mean": round(sum(counts) / len(counts), 3),
-                    "max": max(counts),
-                },
-            },
-            **recall,
-        }
-        return vision, tiles, extra
+        knobs = PruMergeKnobs(
+            variant=self.config.variant,
+            adaptive=self.config.adaptive,
+            reduction_ratio=self.config.reduction_ratio,
+            max_tiles=self.max_tiles,
+            # Tokens per tile sent to the LLM: kept patches (+ uniform samples) + the pruned-summary token.
+            tokens_per_tile=TileTokenCounts(min=min(counts), mean=round(sum(counts) / len(counts), 3), max=max(counts)),
+        )
+        record = SampleRecord(
+            projector_tokens=int(vision.shape[0]),  # only the kept tokens go through the projector
+            prumerge=knobs,
+            focus_recall=focus_recall(self.backbone, doc, image.size, cells, num_tokens=int(vision.shape[0])),
+        )
+        return vision, tiles, record

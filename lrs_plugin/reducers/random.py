@@ -3,8 +3,8 @@
 The budget is the number of vision tokens sent to the LLM, LLaVA-NeXT ``image_newline`` tokens included
 (docs/fairness.md). ``newlines="rankable"`` (default) draws from the whole vision span, newline tokens included, as
 FastV and PDrop treat LLaVA-NeXT's span; ``newlines="keep"`` keeps every newline token and draws the rest of the
-budget from the other tokens (at least one); when the newlines alone fill the budget it cannot be met and the stats
-say ``budget_met: False``.
+budget from the other tokens (at least one); when the newlines alone fill the budget it cannot be met and the record
+says ``budget_met: False``.
 
 Focus recall (:mod:`lrs_plugin.reducers._cells`): every tile is encoded, so the tile recall is 1.0 for a box inside
 the image; the token recall is over the cells of the drawn tokens (base-image tokens included, newlines have none).
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.reducers._stock import PlainVision, PreLLMReducer
 from lrs_plugin.reducers._tiles import option_int, take_options
 from lrs_plugin.reducers.registry import register_reducer
@@ -114,7 +115,7 @@ class RandomReducer(PreLLMReducer):
 
     def vision_for(
         self, image: LargeImage, doc: Mapping[str, Any] | None = None
-    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+    ) -> tuple[torch.Tensor, int, SampleRecord]:
         """A seeded random subset of the plain vision tokens, whether the budget was met, and the focus recall."""
         from lrs_plugin.reducers._cells import focus_recall, stock_cells
 
@@ -134,4 +135,4 @@ class RandomReducer(PreLLMReducer):
             budget_met = int(vision.shape[0]) <= self.config.budget
         cells = stock_cells(self.backbone, image.size, self.vision.grid_pinpoints)
         recall = focus_recall(self.backbone, doc, image.size, cells, kept, num_tokens=num_tokens)
-        return vision, tiles, {"budget_met": budget_met, **recall}
+        return vision, tiles, SampleRecord(budget_met=budget_met, focus_recall=recall)

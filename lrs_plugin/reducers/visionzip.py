@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.harness.record import SampleRecord, VisionZipKnobs
 from lrs_plugin.reducers._stock import LastImage, PreLLMReducer
 from lrs_plugin.reducers._tiles import option_int, take_options
 from lrs_plugin.reducers.registry import register_reducer
@@ -226,19 +227,16 @@ class VisionZipReducer(PreLLMReducer):
 
     def vision_for(
         self, image: LargeImage, doc: Mapping[str, Any] | None = None
-    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        """The VisionZip tokens of the image (computed once per image), the method's stats and the focus recall."""
+    ) -> tuple[torch.Tensor, int, SampleRecord]:
+        """The VisionZip tokens of the image (computed once per image), the method's settings and the focus recall."""
         from lrs_plugin.reducers._cells import focus_recall
 
         vision, tiles, cells = self.vision.get(image)
-        recall = focus_recall(self.backbone, doc, image.size, cells.numpy(), num_tokens=int(vision.shape[0]))
-        extra = {
-            "projector_tokens": int(vision.shape[0]),  # only the kept tokens go through the projector
-            "visionzip": {
-                "dominant": self.config.dominant,
-                "contextual": self.config.contextual,
-                "max_tiles": self.max_tiles,
-            },
-            **recall,
-        }
-        return vision, tiles, extra
+        record = SampleRecord(
+            projector_tokens=int(vision.shape[0]),  # only the kept tokens go through the projector
+            visionzip=VisionZipKnobs(
+                dominant=self.config.dominant, contextual=self.config.contextual, max_tiles=self.max_tiles
+            ),
+            focus_recall=focus_recall(self.backbone, doc, image.size, cells.numpy(), num_tokens=int(vision.shape[0])),
+        )
+        return vision, tiles, record

@@ -14,6 +14,7 @@ from lrs_plugin import scoring
 from lrs_plugin.data import lrs_vqa as lrs_data
 from lrs_plugin.harness.record import STORE, sample_key
 from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures, mean_skip_none
+from lrs_plugin.tasks._sample_scores import cluster_fields, tolerant_metrics
 
 __all__ = [
     "BENCHMARK",
@@ -130,11 +131,11 @@ def score_sample(
 ) -> dict[str, Any]:
     """:func:`process_results` for any benchmark in the LRS-VQA schema; ``subsets`` names each subset's categories."""
     prediction = first_response(results)
-    stats = STORE.get(sample_key(doc)) or {}
-    error = stats.get("error")
+    record = STORE.get(sample_key(doc))
+    error = record.error if record else None
     correct = error is None and scoring.lrs_is_correct(prediction, doc["ground_truth"], synonyms=SYNONYMS)
     score = 100.0 if correct else 0.0
-    record = {
+    sample = {
         "question_id": doc["question_id"],
         "subset": doc["subset"],
         "category": doc["category"],
@@ -143,11 +144,13 @@ def score_sample(
         "correct": bool(correct),
         "synonyms": SYNONYMS,
         "error": error,
+        **cluster_fields(doc, correct),  # lmms-eval's clustered stderr (tasks/_sample_scores.py)
     }
-    out: dict[str, Any] = {"aa": record, "oa": score}
+    out: dict[str, Any] = {"aa": sample, "oa": score, "score": int(correct)}  # score: what --baseline pairs
     for category in subsets[doc["subset"]]:
         out[category_metric(category)] = score if doc["category"] == category else None
-    out.update(efficiency_metrics(stats))
+    out.update(efficiency_metrics(record))
+    out.update(tolerant_metrics(doc, prediction, correct, error, SYNONYMS))
     STORE.pop(sample_key(doc))  # only once the sample is scored: lmms-eval retries a process_results that raised
     return out
 

@@ -13,6 +13,7 @@ from lrs_plugin import scoring
 from lrs_plugin.data import mme_realworld_rs as mme_data
 from lrs_plugin.harness.record import STORE, sample_key
 from lrs_plugin.tasks._common import efficiency_metrics, first_response, log_failures, mean_skip_none
+from lrs_plugin.tasks._sample_scores import cluster_fields
 
 __all__ = [
     "BENCHMARK",
@@ -81,13 +82,13 @@ def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, 
 @log_failures
 def _process(doc: Mapping[str, Any], results: Sequence[Any], extraction: str) -> dict[str, Any]:
     prediction = first_response(results)
-    stats = STORE.get(sample_key(doc)) or {}
-    error = stats.get("error") or doc.get("image_error")
+    record = STORE.get(sample_key(doc))
+    error = (record.error if record else None) or doc.get("image_error")
     options = list(doc["options"])
     extracted = scoring.mme_extract_choice(prediction, options, mode=extraction)
     correct = error is None and extracted == doc["answer"]
     score = 100.0 if correct else 0.0
-    record = {
+    sample = {
         "question_id": doc["question_id"],
         "category": doc["category"],
         "prediction": prediction,
@@ -97,11 +98,12 @@ def _process(doc: Mapping[str, Any], results: Sequence[Any], extraction: str) ->
         "correct": bool(correct),
         "extraction": extraction,
         "error": error,
+        **cluster_fields(doc, correct),  # lmms-eval's clustered stderr (tasks/_sample_scores.py)
     }
-    out: dict[str, Any] = {"acc": score, "mean_category_acc": record}
+    out: dict[str, Any] = {"acc": score, "mean_category_acc": sample, "score": int(correct)}  # what --baseline pairs
     for category in mme_data.L2_CATEGORIES:
         out[f"cat_{category}"] = score if doc["category"] == category else None
-    out.update(efficiency_metrics(stats))
+    out.update(efficiency_metrics(record))
     STORE.pop(sample_key(doc))  # only once the sample is scored: lmms-eval retries a process_results that raised
     return out
 

@@ -416,7 +416,7 @@ def test_converted_model_runs_c2f_with_its_rfm_and_the_stock_path(converted, tmp
         result = run_c2f(dst, image, QUESTION, build_focus("rfm", dst), max_new_tokens=3)
     finally:
         image.close()
-    assert [p["level"] for p in result.stats["focus_passes"]] == [0, 1]
+    assert [p.level for p in result.record.focus_passes] == [0, 1]
     # The stock transformers path embeds the <image> ids: the added token has an embedding row.
     pil = Image.open(path).convert("RGB")
     inputs = dst.processor(images=[pil], text=[dst.build_prompt(QUESTION)], return_tensors="pt")

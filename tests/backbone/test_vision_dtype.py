@@ -150,7 +150,7 @@ def test_vision_dtype_none_keeps_todays_behaviour(ckpts, uniform, variant, image
         reducer = build_reducer("none", backbone, {})
         out = reducer.answer(image_path, "What is it?", doc={}, max_new_tokens=4)
         reducer.close()
-        answers.append((out.text, out.stats["llm_input_len"], out.stats["new_tokens"]))
+        answers.append((out.text, out.record.llm_input_len, out.record.new_tokens))
     assert answers[0] == answers[1]
 
 
@@ -189,7 +189,7 @@ def test_every_reducer_answers_with_an_fp32_tower(mixed, image_path, name, varia
     finally:
         reducer.close()
     assert isinstance(out.text, str)
-    assert out.stats["vision_tokens_to_llm"] > 0 and out.stats["new_tokens"] >= 1
+    assert out.record.vision_tokens_to_llm > 0 and out.record.new_tokens >= 1
     assert bb.vision_dtype == torch.float32 and bb.dtype == torch.bfloat16  # nothing re-cast the model
 
 

@@ -209,18 +209,18 @@ def test_keep_everything_reproduces_the_direct_forward(backbones, images, varian
     cfg = C2FConfig(keep_ratio=1.0, select_ratio=1.0, newline_vote_quirk=False)
     focus = build_focus("llm_attention", bb)
     result = run_c2f(bb, image, QUESTION, focus, cfg, max_new_tokens=4, return_inputs_embeds=True)
-    level1 = result.stats["levels"][1]
-    assert level1["tiles_encoded"] == level1["tile_grid_hw"][0] * level1["tile_grid_hw"][1]  # every tile fetched
+    level1 = result.record.c2f.levels[1]
+    assert level1.tiles_encoded == level1.tile_grid_hw[0] * level1.tile_grid_hw[1]  # every tile fetched
     direct = _direct_keep_all(bb, image, level_index=1)
     helper, span = c2f_sequence_keep_all(bb, image, QUESTION, cfg)
     assert torch.equal(result.inputs_embeds, helper) and torch.equal(helper, direct)
     has_newline = bb.image_newline is not None
-    rows, width = level1["grid_shape_hw"]
+    rows, width = level1.grid_shape_hw
     assert span.stop - span.start == rows * width
-    assert level1["newline_tokens"] == (rows if has_newline else 0)
+    assert level1.newline_tokens == (rows if has_newline else 0)
     torch.testing.assert_close(bb.logits(result.inputs_embeds), bb.logits(direct), atol=1e-6, rtol=0)
     assert result.answer == bb.generate(direct, max_new_tokens=4).text
-    assert result.inputs_embeds_len == result.stats["llm_input_len"] == direct.shape[1]
+    assert result.inputs_embeds_len == result.record.llm_input_len == direct.shape[1]
 
 
 def test_mismatched_token_count_is_refused(backbones, images):
@@ -242,28 +242,28 @@ def test_every_scorer_drives_c2f(backbones, images, name):
     result = run_c2f(
         bb, images["mid"], QUESTION, build_focus(name, bb, knobs), doc={"hbox": list(BOX)}, max_new_tokens=3
     )
-    stats = result.stats
-    assert [p["level"] for p in stats["focus_passes"]] == [0, 1]
-    assert stats["tiles_encoded"] == 1 + sum(lvl["tiles_encoded"] for lvl in stats["levels"])
-    assert stats["vision_tokens_encoded"] == stats["tiles_encoded"] * bb.tokens_per_tile
-    assert stats["vision_tokens_to_llm"] == bb.tokens_per_tile + stats["levels"][-1]["tokens_kept"]
-    assert stats["llm_input_len"] == result.inputs_embeds_len and result.inputs_embeds is None
-    first, last = stats["levels"]
-    assert first["tokens_valid"] == first["tokens_in_grid"] and len(first["scores"]) == first["tokens_in_grid"]
-    assert first["selected_tiles"] == last["tiles"]
-    n_last = last["tokens_in_grid"]
-    assert stats["focus_passes"][1]["seq_len"] == stats["focus_passes"][0]["seq_len"] - first["tokens_in_grid"] + n_last
-    assert last["newline_tokens"] <= last["tokens_kept"] <= stats["kept_topk"] + last["newline_tokens"]
-    assert stats["kept_topk"] == int(0.25 * last["tokens_valid"])
+    record = result.record
+    assert [p.level for p in record.focus_passes] == [0, 1]
+    assert record.tiles_encoded == 1 + sum(lvl.tiles_encoded for lvl in record.c2f.levels)
+    assert record.vision_tokens_encoded == record.tiles_encoded * bb.tokens_per_tile
+    assert record.vision_tokens_to_llm == bb.tokens_per_tile + record.c2f.levels[-1].tokens_kept
+    assert record.llm_input_len == result.inputs_embeds_len and result.inputs_embeds is None
+    first, last = record.c2f.levels
+    assert first.tokens_valid == first.tokens_in_grid and len(first.scores) == first.tokens_in_grid
+    assert first.selected_tiles == last.tiles
+    n_last = last.tokens_in_grid
+    assert record.focus_passes[1].seq_len == record.focus_passes[0].seq_len - first.tokens_in_grid + n_last
+    assert last.newline_tokens <= last.tokens_kept <= record.c2f.kept_topk + last.newline_tokens
+    assert record.c2f.kept_topk == int(0.25 * last.tokens_valid)
 
 
 def test_newline_quirk_always_fetches_the_last_tile_column(backbones, images):
     bb = backbones[VARIANTS[0]]  # LLaVA-NeXT: has image_newline
     result = run_c2f(bb, images["mid"], QUESTION, build_focus("uniform", bb), max_new_tokens=2)
-    first = result.stats["levels"][0]
-    last_col = result.stats["levels"][1]["tile_grid_hw"][1] - 1
-    rows_with_last = {r for r, c in first["selected_tiles"] if c == last_col}
-    assert rows_with_last == set(range(result.stats["levels"][1]["tile_grid_hw"][0]))
+    first = result.record.c2f.levels[0]
+    last_col = result.record.c2f.levels[1].tile_grid_hw[1] - 1
+    rows_with_last = {r for r, c in first.selected_tiles if c == last_col}
+    assert rows_with_last == set(range(result.record.c2f.levels[1].tile_grid_hw[0]))
 
 
 def test_zero_zoom_steps_prune_the_base_grid(backbones, images):
@@ -271,23 +271,23 @@ def test_zero_zoom_steps_prune_the_base_grid(backbones, images):
     result = run_c2f(
         bb, images["mid"], QUESTION, build_focus("uniform", bb), C2FConfig(num_zoom_steps=0), max_new_tokens=2
     )
-    assert len(result.stats["levels"]) == 1 and len(result.stats["focus_passes"]) == 1
+    assert len(result.record.c2f.levels) == 1 and len(result.record.focus_passes) == 1
 
 
 def test_single_level_image_rereads_level_zero(backbones, images):
     bb = backbones[VARIANTS[0]]
     result = run_c2f(bb, images["small"], QUESTION, build_focus("uniform", bb), max_new_tokens=2)
-    assert [lvl["level"] for lvl in result.stats["levels"]] == [0, 0]
+    assert [lvl.level for lvl in result.record.c2f.levels] == [0, 0]
 
 
 def test_max_tiles_per_level_caps_the_zoom(backbones, images):
     bb = backbones[VARIANTS[0]]
     cfg = C2FConfig(max_tiles_per_level=2)
     result = run_c2f(bb, images["mid"], QUESTION, build_focus("llm_attention", bb), cfg, max_new_tokens=2)
-    first = result.stats["levels"][0]
-    assert len(first["selected_tiles"]) == 2 and len(first["tile_votes"]) > 2
-    top = sorted(first["tile_votes"].values(), reverse=True)[:2]
-    assert sorted(first["tile_votes"][f"{r},{c}"] for r, c in first["selected_tiles"]) == sorted(top)
+    first = result.record.c2f.levels[0]
+    assert len(first.selected_tiles) == 2 and len(first.tile_votes) > 2
+    top = sorted(first.tile_votes.values(), reverse=True)[:2]
+    assert sorted(first.tile_votes[f"{r},{c}"] for r, c in first.selected_tiles) == sorted(top)
 
 
 # ------------------------------------------------------------------------------------- oracle coverage + budget
@@ -307,19 +307,19 @@ def test_oracle_zooms_into_the_box_within_the_budget(backbones, images, variant,
     cfg = C2FConfig(num_zoom_steps=steps, newline_vote_quirk=False, select_ratio=0.5, token_budget=budget)
     focus = build_focus("oracle", bb)
     result = run_c2f(bb, image, QUESTION, focus, cfg, doc={"hbox": list(BOX)}, max_new_tokens=2)
-    levels = result.stats["levels"]
-    assert [lvl["level"] for lvl in levels] == list(range(steps + 1))
+    levels = result.record.c2f.levels
+    assert [lvl.level for lvl in levels] == list(range(steps + 1))
     for lvl in levels:  # every visited level's tiles cover the box, none reads the whole level
-        assert _covers(pyr.levels[lvl["level"]], [tuple(t) for t in lvl["tiles"]], BOX)
+        assert _covers(pyr.levels[lvl.level], [tuple(t) for t in lvl.tiles], BOX)
     final = levels[-1]
-    assert final["tiles_encoded"] < final["tile_grid_hw"][0] * final["tile_grid_hw"][1]
-    assert result.stats["vision_tokens_to_llm"] <= budget and result.stats["token_budget"] == budget
-    assert result.stats["kept_topk"] == min(int(0.25 * final["tokens_valid"]), budget - 16 - final["newline_tokens"])
-    newlines = set(range(final["grid_shape_hw"][1] - 1, final["tokens_in_grid"], final["grid_shape_hw"][1]))
-    kept = {i for i in final["picked_indices"] if bb.image_newline is None or i not in newlines}
-    box_tokens = {i for i, s in enumerate(final["scores"]) if s == 1.0}
+    assert final.tiles_encoded < final.tile_grid_hw[0] * final.tile_grid_hw[1]
+    assert result.record.vision_tokens_to_llm <= budget and result.record.c2f.token_budget == budget
+    assert result.record.c2f.kept_topk == min(int(0.25 * final.tokens_valid), budget - 16 - final.newline_tokens)
+    newlines = set(range(final.grid_shape_hw[1] - 1, final.tokens_in_grid, final.grid_shape_hw[1]))
+    kept = {i for i in final.picked_indices if bb.image_newline is None or i not in newlines}
+    box_tokens = {i for i, s in enumerate(final.scores) if s == 1.0}
     assert box_tokens
-    if len(box_tokens) <= result.stats["kept_topk"]:
+    if len(box_tokens) <= result.record.c2f.kept_topk:
         assert box_tokens <= kept  # every box token reaches the LLM
     else:
         assert kept <= box_tokens  # only box tokens reach the LLM
@@ -358,10 +358,10 @@ def test_masked_key_mode_reaches_the_scorer(backbones, images, mode, placeholder
     bb = backbones[VARIANTS[0]]
     cfg = C2FConfig(masked_key_mode=mode)
     result = run_c2f(bb, images["mid"], QUESTION, build_focus("llm_attention", bb), cfg, max_new_tokens=2)
-    last = result.stats["levels"][-1]
-    assert last["tokens_valid"] < last["tokens_in_grid"]  # the zoom left placeholders
-    zeros = sum(s == 0.0 for s in last["scores"])
-    assert (zeros == 0) if placeholders_scored else (zeros == last["tokens_in_grid"] - last["tokens_valid"])
+    last = result.record.c2f.levels[-1]
+    assert last.tokens_valid < last.tokens_in_grid  # the zoom left placeholders
+    zeros = sum(s == 0.0 for s in last.scores)
+    assert (zeros == 0) if placeholders_scored else (zeros == last.tokens_in_grid - last.tokens_valid)
 
 
 def test_resample_filter_is_a_validated_setting(backbones, images):

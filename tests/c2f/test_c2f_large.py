@@ -59,10 +59,10 @@ def test_oracle_on_20k_image_selects_the_box_within_budget(huge_png, backbone, s
             doc={"hbox": list(BOX)},
             max_new_tokens=2,
         )
-    levels = result.stats["levels"]
-    assert [lvl["level"] for lvl in levels] == list(range(steps + 1))
-    finest = pyramid.levels[levels[-1]["level"]]
-    chosen = [tuple(t) for t in levels[-1]["tiles"]]
+    levels = result.record.c2f.levels
+    assert [lvl.level for lvl in levels] == list(range(steps + 1))
+    finest = pyramid.levels[levels[-1].level]
+    chosen = [tuple(t) for t in levels[-1].tiles]
     box_tiles = {
         (r, c)
         for r in range(finest.grid_hw[0])
@@ -71,5 +71,5 @@ def test_oracle_on_20k_image_selects_the_box_within_budget(huge_png, backbone, s
     }
     assert box_tiles and box_tiles <= set(chosen), "the finest visited level's tiles must cover the box"
     assert len(chosen) < finest.num_tiles  # the level was not read whole
-    assert result.stats["vision_tokens_to_llm"] <= budget
-    assert result.stats["tiles_encoded"] <= 1 + pyramid.levels[0].num_tiles + 8 * steps
+    assert result.record.vision_tokens_to_llm <= budget
+    assert result.record.tiles_encoded <= 1 + pyramid.levels[0].num_tiles + 8 * steps

@@ -89,18 +89,16 @@ def test_c2f_reports_recall_and_keep_all_is_one(tiny_backbones):
                        max_new_tokens=1)  # fmt: skip
         oracle = run_c2f(backbone, image, question["text"], build_focus("oracle", backbone), doc=doc, max_new_tokens=1)
         none = run_c2f(backbone, image, question["text"], build_focus("uniform", backbone), doc={}, max_new_tokens=1)
-    assert full.stats["focus_tile_recall"] == 1.0 and full.stats["focus_token_recall"] == pytest.approx(1.0)
-    assert oracle.stats["focus_tile_recall"] == 1.0 and oracle.stats["focus_token_recall"] > 0.5
-    assert none.stats["focus_tile_recall"] is None and none.stats["focus_token_recall"] is None
+    assert full.record.focus_recall.tile == 1.0 and full.record.focus_recall.token == pytest.approx(1.0)
+    assert oracle.record.focus_recall.tile == 1.0 and oracle.record.focus_recall.token > 0.5
+    assert none.record.focus_recall.tile is None and none.record.focus_recall.token is None
 
 
 def test_keep_all_reducers_report_full_recall_only_with_a_box_inside():
+    from lrs_plugin.harness.record import FocusRecall
     from lrs_plugin.models.c2f_llava import _keep_all_recall
 
-    assert _keep_all_recall("none", {"hbox": [1, 1, 5, 5]}, (10, 10)) == {
-        "focus_tile_recall": 1.0,
-        "focus_token_recall": 1.0,
-    }
-    assert _keep_all_recall("anyres", {"hbox": [20, 20, 30, 30]}, (10, 10)) == {}
-    assert _keep_all_recall("none", {"hbox": None}, (10, 10)) == {}
-    assert _keep_all_recall("random", {"hbox": [1, 1, 5, 5]}, (10, 10)) == {}
+    assert _keep_all_recall("none", {"hbox": [1, 1, 5, 5]}, (10, 10)) == FocusRecall(tile=1.0, token=1.0)
+    assert _keep_all_recall("anyres", {"hbox": [20, 20, 30, 30]}, (10, 10)) is None
+    assert _keep_all_recall("none", {"hbox": None}, (10, 10)) is None
+    assert _keep_all_recall("random", {"hbox": [1, 1, 5, 5]}, (10, 10)) is None

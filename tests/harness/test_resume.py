@@ -23,6 +23,7 @@ import pytest
 from loguru import logger
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.harness.resume import (
     ResumeStore,
     answer_key,
@@ -142,21 +143,23 @@ def test_answer_key_ignores_until():
 
 def test_store_round_trip_and_per_rank_files(tmp_path):
     first = ResumeStore(tmp_path, rank=0, world_size=2)
-    first.put("k0", "raw 0", {"tflops": 1.5, "levels": [{"a": (1, 2)}]}, meta={"doc_id": 0})
+    first.put("k0", "raw 0", SampleRecord(tflops=1.5, extra={"note": [{"a": (1, 2)}]}), meta={"doc_id": 0})
     first.close()
     second = ResumeStore(tmp_path, rank=1, world_size=2)
-    second.put("k1", "raw 1", {"tflops": 2.0})
+    second.put("k1", "raw 1", SampleRecord(tflops=2.0))
     second.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.rank0-of-2.jsonl", "answers.rank1-of-2.jsonl"]
     # A run with another world size reads both ranks' answers but writes only its own file.
     single = ResumeStore(tmp_path, rank=0, world_size=1)
     assert single.loaded == 2
-    assert single.get("k0").raw_text == "raw 0" and single.get("k0").stats == {"tflops": 1.5, "levels": [{"a": [1, 2]}]}
-    assert single.get("k1").stats == {"tflops": 2.0}
+    assert single.get("k0").raw_text == "raw 0"
+    assert single.get("k0").record.to_dict() == {"tflops": 1.5, "note": [{"a": [1, 2]}]}
+    assert single.get("k1").record == SampleRecord(tflops=2.0)
     assert single.get("missing") is None
-    single.get("k0").stats["tflops"] = 9.0  # callers get copies
-    assert single.get("k0").stats["tflops"] == 1.5
-    single.put("k2", "raw 2", {})
+    single.get("k0").record.tflops = 9.0  # callers get copies
+    single.get("k0").record.extra["note"][0]["a"] = None
+    assert single.get("k0").record.tflops == 1.5 and single.get("k0").record.extra["note"] == [{"a": [1, 2]}]
+    single.put("k2", "raw 2", SampleRecord())
     single.close()
     assert (tmp_path / "answers.rank0-of-1.jsonl").read_text().count("\n") == 1
     assert (tmp_path / "answers.rank0-of-2.jsonl").read_text().count("\n") == 1
@@ -164,7 +167,7 @@ def test_store_round_trip_and_per_rank_files(tmp_path):
 
 def test_torn_last_line_is_skipped_then_cut_before_appending(tmp_path):
     store = ResumeStore(tmp_path, rank=0, world_size=1)
-    store.put("k0", "a", {"x": 1})
+    store.put("k0", "a", SampleRecord(new_tokens=1))
     store.close()
     path = tmp_path / "answers.rank0-of-1.jsonl"
     with open(path, "ab") as handle:
@@ -174,7 +177,7 @@ def test_torn_last_line_is_skipped_then_cut_before_appending(tmp_path):
     try:
         reopened = ResumeStore(tmp_path, rank=0, world_size=1)
         assert reopened.loaded == 1 and reopened.skipped_lines == 1 and reopened.get("k1") is None
-        reopened.put("k1", "b", {"x": 2})
+        reopened.put("k1", "b", SampleRecord(new_tokens=2))
         reopened.close()
     finally:
         logger.remove(sink)
@@ -190,6 +193,20 @@ def test_malformed_middle_line_is_skipped(tmp_path):
     path.write_text(f'{good[0]}\nnot json\n{{"key": 1, "raw_text": "t", "stats": {{}}}}\n{good[1]}\n')
     store = ResumeStore(tmp_path, rank=0, world_size=1)
     assert store.loaded == 2 and store.skipped_lines == 2
+
+
+def test_a_checksummed_line_whose_stats_do_not_fit_the_record_is_skipped(tmp_path):
+    path = tmp_path / "answers.rank0-of-1.jsonl"
+    lines = [
+        {"key": "k1", "raw_text": "t", "stats": {"tiles_encoded": "five"}},  # a value of the wrong type
+        {"key": "k2", "raw_text": "t", "stats": {"tflops": 1.0, "newer_key": 1}, "stop_strings": ["\n\n"]},
+        {"key": "k3", "raw_text": "t", "stats": {}, "stop_strings": "\n\n"},  # not a list
+    ]
+    path.write_text("".join(json.dumps({**r, "line_sha256": record_checksum(r)}) + "\n" for r in lines))
+    store = ResumeStore(tmp_path, rank=0, world_size=1)
+    assert store.loaded == 1 and store.skipped_lines == 2 and store.get("k1") is None and store.get("k3") is None
+    kept = store.get("k2")
+    assert kept.record == SampleRecord(tflops=1.0, extra={"newer_key": 1}) and kept.stop_strings == ("\n\n",)
 
 
 # ------------------------------------------------------------------------------------------- end to end (SIGKILL)

@@ -27,6 +27,7 @@ from loguru import logger
 
 from lrs_plugin.errors import ConfigError, LrsPluginError
 from lrs_plugin.harness import resume
+from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.harness.resume import RESUME_DISABLED_KEY, ResumeStore, ResumeStoreError, record_checksum
 from lrs_plugin.harness.settings import parse_model_args
 
@@ -62,7 +63,7 @@ def _disabled_warnings(messages: list[str]) -> list[str]:
 def _fill(folder: Path, n: int) -> Path:
     store = ResumeStore(folder, rank=0, world_size=1)
     for i in range(n):
-        store.put(f"k{i}", f"answer {i}", {"tflops": 1.0 + i}, meta={"doc_id": i})
+        store.put(f"k{i}", f"answer {i}", SampleRecord(tflops=1.0 + i), meta={"doc_id": i})
     store.close()
     return folder / RANK_FILE
 
@@ -139,7 +140,7 @@ def test_altered_but_valid_json_lines_are_not_served_and_one_warning_names_file_
     store = ResumeStore(tmp_path, rank=0, world_size=1)
     assert store.loaded == 2 and store.skipped_lines == 2
     assert store.get("k1") is None and store.get("k3") is None  # generated again by the model
-    assert store.get("k0").raw_text == "answer 0" and store.get("k2").stats == {"tflops": 3.0}
+    assert store.get("k0").raw_text == "answer 0" and store.get("k2").record == SampleRecord(tflops=3.0)
     checksum_warnings = [m for m in warnings_logged if "checksum" in m]
     assert len(checksum_warnings) == 1, warnings_logged
     assert str(path) in checksum_warnings[0] and "2 lines skipped" in checksum_warnings[0]
@@ -162,7 +163,7 @@ def test_an_answer_skipped_for_its_checksum_is_served_again_once_regenerated(tmp
     _rewrite(path, lambda record, number: record.update(raw_text="forged") if number == 1 else None)
     store = ResumeStore(tmp_path, rank=0, world_size=1)
     assert store.get("k0") is None
-    assert store.put("k0", "answer 0", {"tflops": 1.0}) is True  # what the model does for a missing answer
+    assert store.put("k0", "answer 0", SampleRecord(tflops=1.0)) is True  # what the model does for a missing answer
     store.close()
     again = ResumeStore(tmp_path, rank=0, world_size=1)
     assert again.get("k0").raw_text == "answer 0" and again.skipped_lines == 1  # the forged line stays, unused
@@ -170,12 +171,15 @@ def test_an_answer_skipped_for_its_checksum_is_served_again_once_regenerated(tmp
 
 def test_numpy_stats_and_non_ascii_text_round_trip_through_the_checksum(tmp_path):
     store = ResumeStore(tmp_path, rank=0, world_size=1)
-    stats = {"tflops": np.float32(0.1) + np.float32(0.2), "n": np.int64(7), "levels": [(1, 2)], "x": 0.1 + 0.2}
-    assert store.put("k", "Hafen – 港口 ✓", stats) is True
+    tflops = np.float32(0.1) + np.float32(0.2)
+    record = SampleRecord(tflops=tflops, new_tokens=np.int64(7), llm_tokens_per_layer=(1, 2), latency_s=0.1 + 0.2)
+    assert store.put("k", "Hafen – 港口 ✓", record) is True
     store.close()
     again = ResumeStore(tmp_path, rank=0, world_size=1)
     assert again.skipped_lines == 0 and again.get("k").raw_text == "Hafen – 港口 ✓"
-    assert again.get("k").stats == {"tflops": float(stats["tflops"]), "n": 7, "levels": [[1, 2]], "x": 0.1 + 0.2}
+    assert again.get("k").record == SampleRecord(
+        tflops=float(tflops), new_tokens=7, llm_tokens_per_layer=[1, 2], latency_s=0.1 + 0.2
+    )
 
 
 def test_torn_tail_after_checksummed_lines_is_still_skipped_and_cut(tmp_path, warnings_logged):
@@ -196,9 +200,9 @@ def test_full_disk_on_a_write_disables_the_store_with_one_warning_and_no_further
 ):
     attempts = _inject(monkeypatch, write_error=errno.ENOSPC, fail_after=1)
     store = ResumeStore(tmp_path, rank=0, world_size=1)
-    assert store.put("k0", "a0", {}) is True and not store.disabled
-    assert store.put("k1", "a1", {}) is False and store.disabled
-    assert store.put("k2", "a2", {}) is False and store.put("k3", "a3", {}) is False
+    assert store.put("k0", "a0", SampleRecord()) is True and not store.disabled
+    assert store.put("k1", "a1", SampleRecord()) is False and store.disabled
+    assert store.put("k2", "a2", SampleRecord()) is False and store.put("k3", "a3", SampleRecord()) is False
     store.close()
     assert len(attempts) == 2  # nothing is tried once the store is disabled
     disabled = _disabled_warnings(warnings_logged)
@@ -218,7 +222,7 @@ def test_read_only_file_system_at_start_warns_once_runs_without_saving_and_still
     _inject(monkeypatch, open_error=errno.EROFS)
     store = ResumeStore(tmp_path, rank=0, world_size=1)  # no exception: the run goes on
     assert store.disabled and store.loaded == 2 and store.get("k1").raw_text == "answer 1"
-    assert store.put("k9", "new", {}) is False and store.put("k10", "new", {}) is False
+    assert store.put("k9", "new", SampleRecord()) is False and store.put("k10", "new", SampleRecord()) is False
     store.close()
     disabled = _disabled_warnings(warnings_logged)
     assert len(disabled) == 1 and "Read-only file system" in disabled[0] and str(tmp_path) in disabled[0]
@@ -229,7 +233,7 @@ def test_resume_dir_that_cannot_be_created_warns_once_and_runs_without_resume(tm
     blocker.write_text("not a folder")
     store = ResumeStore(blocker / "store", rank=0, world_size=1)
     assert store.disabled and store.loaded == 0 and len(store) == 0 and store.get("k") is None
-    assert store.put("k", "a", {}) is False
+    assert store.put("k", "a", SampleRecord()) is False
     store.close()
     disabled = _disabled_warnings(warnings_logged)
     assert len(disabled) == 1 and "cannot create resume_dir" in disabled[0] and str(blocker / "store") in disabled[0]
@@ -243,7 +247,7 @@ def test_chmod_read_only_resume_dir_warns_once_and_runs_without_saving(tmp_path,
     folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
         store = ResumeStore(folder, rank=0, world_size=1)
-        assert store.disabled and store.put("k", "a", {}) is False
+        assert store.disabled and store.put("k", "a", SampleRecord()) is False
     finally:
         folder.chmod(stat.S_IRWXU)
     assert len(_disabled_warnings(warnings_logged)) == 1
@@ -292,7 +296,7 @@ def test_strict_store_raises_on_a_full_disk_write(tmp_path, monkeypatch):
     _inject(monkeypatch, write_error=errno.ENOSPC)
     store = ResumeStore(tmp_path, rank=0, world_size=1, strict=True)
     with pytest.raises(ResumeStoreError, match=r"cannot write resume file .*rank0-of-1.jsonl.*No space left"):
-        store.put("k", "a", {})
+        store.put("k", "a", SampleRecord())
     assert not store.disabled
 
 
@@ -325,12 +329,12 @@ def test_efficiency_tally_counts_unsaved_answers_only_when_there_are_some():
     from lrs_plugin.flops.accounting import EfficiencyTally
 
     clean = EfficiencyTally()
-    clean.add("t", {"tflops": 1.0})
+    clean.add("t", SampleRecord(tflops=1.0))
     assert not any("resume_disabled" in key for key in clean.metrics())
     tally = EfficiencyTally()
-    tally.add("t", {"tflops": 1.0})
-    tally.add("t", {"tflops": 1.0, RESUME_DISABLED_KEY: True})
-    tally.add("u", {"tflops": 1.0, RESUME_DISABLED_KEY: True})
+    tally.add("t", SampleRecord(tflops=1.0))
+    tally.add("t", SampleRecord.from_dict({"tflops": 1.0, RESUME_DISABLED_KEY: True}))
+    tally.add("u", SampleRecord.from_dict({"tflops": 1.0, RESUME_DISABLED_KEY: True}))
     figures = tally.metrics()
     assert figures["eff_resume_disabled"] == 2 and figures["eff_resume_disabled/t"] == 1
     assert figures["eff_resume_disabled/u"] == 1 and figures["eff_samples"] == 3
@@ -347,7 +351,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _generate(model, n: int) -> tuple[list[str], list[dict]]:
-    """``generate_until`` on ``n`` image requests built as lmms-eval builds them; texts and the stats handed over."""
+    """``generate_until`` on ``n`` image requests built as lmms-eval builds them; texts and records as JSON."""
     from lmms_eval.api.instance import Instance
     from PIL import Image
 
@@ -367,7 +371,7 @@ def _generate(model, n: int) -> tuple[list[str], list[dict]]:
     ]
     STORE.clear()
     out = model.generate_until(requests)
-    return [r.text for r in out], [STORE.pop(f"t/test/{i}") for i in range(n)]
+    return [r.text for r in out], [STORE.pop(f"t/test/{i}").to_dict() for i in range(n)]
 
 
 def _model(checkpoint: Path, resume_dir: Path, **extra: Any):

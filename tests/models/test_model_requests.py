@@ -23,7 +23,7 @@ from lmms_eval.utils import simple_parse_args_string
 from PIL import Image, ImageFile
 
 from lrs_plugin.backbone.tiny import TINY_REDUCER_OPTIONS
-from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE
+from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE, SampleRecord
 from lrs_plugin.imagery.large_image import LargeImage
 from lrs_plugin.reducers.registry import available_reducers
 
@@ -75,8 +75,8 @@ def _request(doc_id: int, visual: Any, *, context: str = "What color is the roof
     )
 
 
-def _answer(model, docs: list[dict], visuals: list[Any], **kwargs: Any) -> tuple[list[str], list[dict]]:
-    """Run ``generate_until`` on one request per document; returns the texts and the stats handed to the task."""
+def _answer(model, docs: list[dict], visuals: list[Any], **kwargs: Any) -> tuple[list[str], list[SampleRecord]]:
+    """Run ``generate_until`` on one request per document; returns the texts and the records handed to the task."""
     STORE.clear()
     model.task_dict = {"t": {"test": docs}}
     out = model.generate_until([_request(i, v, **kwargs) for i, v in enumerate(visuals)])
@@ -214,12 +214,12 @@ def seen_pixels(monkeypatch):
 def _check_outcome(texts, stats, seen, expected, label):
     if expected is None:
         for s in stats:
-            assert s is not None and "error" in s, (label, s)
-            assert s["error"].split(":")[0].endswith("Error") and s["error_step"] == "read", (label, s["error"])
+            assert s is not None and s.error is not None, (label, s)
+            assert s.error.split(":")[0].endswith("Error") and s.error_step == "read", (label, s.error)
         assert not seen, f"{label}: pixels of a refused image reached a reducer"
         return
     for s in stats:
-        assert s is not None and "error" not in s, (label, s and s.get("error"))
+        assert s is not None and s.error is None, (label, s and s.error)
     assert seen, f"{label}: no pixels went through LargeImage.to_pil / read_region"
     for array in seen:
         assert np.allclose(array, np.asarray(expected, np.float32), atol=1e-3), (
@@ -229,7 +229,7 @@ def _check_outcome(texts, stats, seen, expected, label):
 
 
 def _error_class(stats: dict) -> str:
-    return stats["error"].split(":")[0]
+    return stats.error.split(":")[0]
 
 
 @pytest.mark.parametrize("reducer", sorted(available_reducers()))
@@ -252,7 +252,7 @@ def test_every_image_kind_gets_one_outcome_whatever_the_reducer(models, reducer,
             _check_outcome(texts, stats, seen_pixels, expected, f"{reducer}/{name}/{route}")
             if expected is None:
                 cls = getattr(errors, _error_class(stats[0]), None)
-                assert isinstance(cls, type) and issubclass(cls, ImageReadError), stats[0]["error"]
+                assert isinstance(cls, type) and issubclass(cls, ImageReadError), stats[0].error
     for name, (make, expected) in MEMORY.items():
         seen_pixels.clear()
         texts, stats = _answer(model, [{}], [[make()]])
@@ -263,9 +263,8 @@ def test_a_header_bomb_is_refused_naming_its_size_and_the_limit(models, tmp_path
     texts, stats = _answer(models("none"), [{}], [str(_bomb_tiff(tmp_path / "bomb.tif"))])
     assert texts == [""]
     assert _error_class(stats[0]) == "ImageTooLargeError"
-    assert "200000" in stats[0]["error"].replace(",", "").replace("_", "") and "2000000000" in stats[0][
-        "error"
-    ].replace(",", "").replace("_", "")
+    message = stats[0].error.replace(",", "").replace("_", "")
+    assert "200000" in message and "2000000000" in message
 
 
 # --- documents and requests ---------------------------------------------------------------------------------------
@@ -274,15 +273,15 @@ def test_a_header_bomb_is_refused_naming_its_size_and_the_limit(models, tmp_path
 def test_two_images_in_one_request_are_a_recorded_failure_naming_the_count(models):
     image = Image.fromarray(_noise())
     texts, stats = _answer(models("none"), [{}, {}], [[image, image], [image]])
-    assert texts[0] == "" and _error_class(stats[0]) == "MultipleImagesError" and "2 images" in stats[0]["error"]
-    assert "error" not in stats[1]
+    assert texts[0] == "" and _error_class(stats[0]) == "MultipleImagesError" and "2 images" in stats[0].error
+    assert stats[1].error is None
 
 
 def test_a_request_without_an_image_is_answered_text_only(models):
     model = models("c2f")
     texts, stats = _answer(model, [{"question": "x"}], [[]], context="What is the capital?")
-    assert "error" not in stats[0] and stats[0]["text_only"] is True
-    assert stats[0]["vision_tokens_to_llm"] == 0 and stats[0]["tiles_encoded"] == 0 and stats[0]["tflops"] > 0
+    assert stats[0].error is None and stats[0].text_only is True
+    assert stats[0].vision_tokens_to_llm == 0 and stats[0].tiles_encoded == 0 and stats[0].tflops > 0
     bb = model.backbone
     want = bb.generate(bb.embed_ids(bb.text_prompt_ids("What is the capital?")).unsqueeze(0), max_new_tokens=2)
     assert texts[0] == want.text
@@ -292,7 +291,7 @@ def test_a_request_without_an_image_is_answered_text_only(models):
 def test_an_empty_visual_falls_back_to_the_documents_image_path(models, tmp_path):
     missing = tmp_path / "gone.png"
     texts, stats = _answer(models("none"), [{"image_path": str(missing)}], [[]])
-    assert texts == [""] and _error_class(stats[0]) == "ImageReadError" and "gone.png" in stats[0]["error"]
+    assert texts == [""] and _error_class(stats[0]) == "ImageReadError" and "gone.png" in stats[0].error
 
 
 def test_documents_without_question_id_are_keyed_by_task_split_and_doc_id_and_resume(models, tmp_path, checkpoint):
@@ -304,15 +303,15 @@ def test_documents_without_question_id_are_keyed_by_task_split_and_doc_id_and_re
     kwargs = dict(pretrained=str(checkpoint), reducer="none", device="cpu", dtype="float32", max_new_tokens=2)
     first = C2FLlava(**kwargs, resume_dir=str(tmp_path / "store"))
     texts, stats = _answer(first, docs, visuals)
-    assert all(s is not None and "error" not in s for s in stats)  # keyed t/test/<doc_id>
+    assert all(s is not None and s.error is None for s in stats)  # keyed t/test/<doc_id>
     again = C2FLlava(**kwargs, resume_dir=str(tmp_path / "store"))
     generated = []
-    again._answer = lambda *a, **k: generated.append(a) or ("", {})  # type: ignore[method-assign]
+    again._answer = lambda *a, **k: generated.append(a) or ("", SampleRecord())  # type: ignore[method-assign]
     texts2, stats2 = _answer(again, docs, visuals)
     assert (
         not generated
         and texts2 == texts
-        and [s["vision_tokens_to_llm"] for s in stats2] == [s["vision_tokens_to_llm"] for s in stats]
+        and [s.vision_tokens_to_llm for s in stats2] == [s.vision_tokens_to_llm for s in stats]
     )
 
 
@@ -379,7 +378,7 @@ def test_a_fault_at_any_step_is_recorded_on_its_sample_and_the_run_goes_on(model
     docs = [{"image": Image.fromarray(_noise(i))} for i in range(3)]
     visuals = [_visual(i) for i in range(3)]
     clean_texts, clean_stats = _answer(model, docs, visuals)
-    assert all("error" not in s for s in clean_stats)
+    assert all(s.error is None for s in clean_stats)
     if step == "resume write":
         model._settings_hash = f"{model._settings_hash}-{tmp_path.name}"  # nothing from the clean run is reused
     if target is not None:
@@ -396,16 +395,16 @@ def test_a_fault_at_any_step_is_recorded_on_its_sample_and_the_run_goes_on(model
     texts = [r.text for r in out]
     stats = [STORE.pop(f"t/test/{i}") for i in range(3)]
     assert len(out) == 3 and texts[0] == clean_texts[0] and texts[2] == clean_texts[2], step
-    assert "error" not in stats[0] and "error" not in stats[2]
+    assert stats[0].error is None and stats[2].error is None
     if step == "document":
         assert texts[1] == "" and stats[1] is None  # no document: nothing to hand to the task
     elif lost:
-        assert texts[1] == "" and "injected fault" in stats[1]["error"], stats[1]
-        assert stats[1]["error_step"] in ("read", "answer")
+        assert texts[1] == "" and "injected fault" in stats[1].error, stats[1]
+        assert stats[1].error_step in ("read", "answer")
     else:
         assert texts[1] == clean_texts[1], step
     if step == "resume write":
-        assert "resume_error" in stats[1] and "error" not in stats[1]
+        assert stats[1].resume_error is not None and stats[1].error is None
 
 
 # --- efficiency figures for any task ------------------------------------------------------------------------------
@@ -418,13 +417,14 @@ def test_efficiency_tally_means_match_the_task_metric_rule_and_reach_lmms_eval_t
 
     tally = EfficiencyTally()
     tally.add(
-        "a", {"vision_tokens_encoded": 10, "vision_tokens_to_llm": 4, "tflops": 1.0, "latency_s": 2.0, "new_tokens": 3}
+        "a",
+        SampleRecord(vision_tokens_encoded=10, vision_tokens_to_llm=4, tflops=1.0, latency_s=2.0, new_tokens=3),
     )
-    tally.add("a", {"error": "ImageReadError: x", "latency_s": 1.0})
-    tally.add("b", {"vision_tokens_encoded": 0, "vision_tokens_to_llm": 0, "tflops": 0.5, "latency_s": 1.0,
-                    "text_only": True, "new_tokens": 1})  # fmt: skip
+    tally.add("a", SampleRecord(error="ImageReadError: x", latency_s=1.0))
+    tally.add("b", SampleRecord(vision_tokens_encoded=0, vision_tokens_to_llm=0, tflops=0.5, latency_s=1.0,
+                                text_only=True, new_tokens=1))  # fmt: skip
     other = EfficiencyTally()
-    other.add("b", {"vision_tokens_encoded": 20, "vision_tokens_to_llm": 8, "tflops": 1.5, "latency_s": 3.0})
+    other.add("b", SampleRecord(vision_tokens_encoded=20, vision_tokens_to_llm=8, tflops=1.5, latency_s=3.0))
     tally.merge(other.sums)
     m = tally.metrics()
     assert m["eff_samples"] == 4 and m["eff_failed"] == 1 and m["eff_text_only"] == 1

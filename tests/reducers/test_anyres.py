@@ -214,7 +214,7 @@ def test_no_limit_is_exactly_none(next_bb, image_paths, options) -> None:
     assert red.grid_pinpoints is None
     for path in image_paths.values():
         a, b = _ask(ref, path), _ask(red, path)
-        assert a.text == b.text and a.stats == b.stats
+        assert a.text == b.text and a.record == b.record
         assert torch.equal(
             ref.vision.get(LargeImage(path))[0], red.vision.get(LargeImage(path))[0]
         )  # the LLM gets the same input
@@ -223,20 +223,20 @@ def test_no_limit_is_exactly_none(next_bb, image_paths, options) -> None:
 def test_one_tile(next_bb, image_paths) -> None:
     ref = _ask(build_reducer("none", next_bb), image_paths["odd"])
     out = _ask(build_reducer("anyres", next_bb, {"max_tiles": "1"}), image_paths["odd"])
-    assert ref.stats["tiles_encoded"] == 5  # 150x230 -> 2x2 with the checkpoint's pinpoints
-    assert out.stats["tiles_encoded"] == 2 and out.stats["vision_tokens_encoded"] == 32
-    assert out.stats["vision_tokens_to_llm"] < ref.stats["vision_tokens_to_llm"]
-    assert out.stats["llm_input_len"] < ref.stats["llm_input_len"]
+    assert ref.record.tiles_encoded == 5  # 150x230 -> 2x2 with the checkpoint's pinpoints
+    assert out.record.tiles_encoded == 2 and out.record.vision_tokens_encoded == 32
+    assert out.record.vision_tokens_to_llm < ref.record.vision_tokens_to_llm
+    assert out.record.llm_input_len < ref.record.llm_input_len
 
 
 def test_p9_goes_beyond_the_checkpoint_grids(next_bb, image_paths) -> None:
     ref = _ask(build_reducer("none", next_bb), image_paths["big"])
     red = build_reducer("anyres", next_bb, {"max_tiles": 9, "pinpoints": "square"})
     out = _ask(red, image_paths["big"])
-    assert ref.stats["tiles_encoded"] == 5
-    assert out.stats["tiles_encoded"] == 10 and out.stats["vision_tokens_encoded"] == 160
-    assert out.stats["vision_tokens_to_llm"] == 16 + 12 * 13
-    assert out.stats["llm_input_len"] - ref.stats["llm_input_len"] == 16 + 12 * 13 - (16 + 8 * 9)
+    assert ref.record.tiles_encoded == 5
+    assert out.record.tiles_encoded == 10 and out.record.vision_tokens_encoded == 160
+    assert out.record.vision_tokens_to_llm == 16 + 12 * 13
+    assert out.record.llm_input_len - ref.record.llm_input_len == 16 + 12 * 13 - (16 + 8 * 9)
     vision, tiles = red.vision.get(LargeImage(image_paths["big"]))
     image = Image.open(image_paths["big"]).convert("RGB")
     assert tiles == 10 and torch.equal(vision, next_bb.plain_vision_embeds(image, square_pinpoints(9, 56)))
@@ -247,12 +247,14 @@ def test_checkpoint_mode_restricts_the_checkpoint_list(next_bb, image_paths) -> 
     assert red.grid_pinpoints == [[56, 112], [112, 56]]
     ref = _ask(build_reducer("none", next_bb), image_paths["wide"])
     out = _ask(red, image_paths["wide"])
-    assert ref.stats["tiles_encoded"] == 4  # 56x200 -> 1x3
-    assert out.stats["tiles_encoded"] == 3  # 1x2 at most
-    assert out.stats["vision_tokens_to_llm"] < ref.stats["vision_tokens_to_llm"]
+    assert ref.record.tiles_encoded == 4  # 56x200 -> 1x3
+    assert out.record.tiles_encoded == 3  # 1x2 at most
+    assert out.record.vision_tokens_to_llm < ref.record.vision_tokens_to_llm
     full = build_reducer("anyres", next_bb, {"pinpoints": "checkpoint", "max_tiles": 4})
     assert full.grid_pinpoints == CKPT
-    assert {k: v for k, v in _ask(full, image_paths["wide"]).stats.items() if k != "max_tiles"} == ref.stats
+    assert {
+        k: v for k, v in _ask(full, image_paths["wide"]).record.to_dict().items() if k != "max_tiles"
+    } == ref.record.to_dict()
 
 
 def test_refused_on_llava15(tiny_backbones) -> None:

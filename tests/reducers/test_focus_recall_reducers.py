@@ -26,6 +26,7 @@ from lrs_plugin.backbone.token_cells import (
 )
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.focus.recall import recall_stats, region_recall
+from lrs_plugin.harness.record import FocusRecall, SampleRecord
 from lrs_plugin.reducers._cells import stock_cells, tile_cells
 from lrs_plugin.reducers.registry import available_reducers, build_reducer
 
@@ -48,7 +49,7 @@ def _noise(h: int, w: int) -> Image.Image:
 
 
 def _token(cells: np.ndarray, kept: list[int], box: list[float], wh: tuple[int, int]) -> float | None:
-    return recall_stats({"hbox": box}, wh, cells[kept])["focus_token_recall"]
+    return recall_stats({"hbox": box}, wh, cells[kept]).token
 
 
 # ---------------------------------------------------------------------------------------------- by hand
@@ -82,7 +83,7 @@ def test_stock_cells_and_token_recall_by_hand() -> None:
     assert _token(cells, [1, 6, 12, 8], box, wh) == pytest.approx((160 + 6 * 12) / 400)  # + (1, 3): x 84-90, y 28-40
     assert _token(cells, [0, 4, 5, 8, 9, 13], box, wh) == 0.0  # the left half and newlines only
     assert _token(cells, list(range(14)), box, wh) == 1.0
-    assert recall_stats({"hbox": box}, wh, cells[[0]])["focus_tile_recall"] == 1.0  # the grid holds every pixel
+    assert recall_stats({"hbox": box}, wh, cells[[0]]).tile == 1.0  # the grid holds every pixel
 
 
 def test_stock_cells_unpad_and_pool_by_hand() -> None:
@@ -115,13 +116,10 @@ def test_region_recall_and_missing_boxes() -> None:
     assert region_recall([1, 1, 3, 3], (10, 10)) == 1.0
     assert region_recall([1, 1, 3, 3], (10, 10), (4, 0, 10, 10)) == 0.0  # centre (2, 2) left of the region
     assert region_recall([20, 20, 30, 30], (10, 10)) is None
-    none = {"focus_tile_recall": None, "focus_token_recall": None}
+    none = FocusRecall(tile=None, token=None)
     for doc in ({}, None, {"hbox": None}, {"hbox": [1, 2, 3]}, {"hbox": [1, 2, "x", 4]}, {"hbox": [20, 20, 30, 30]}):
         assert recall_stats(doc, (10, 10), cells) == none
-    assert recall_stats({"hbox": (2, 2, 4, 4)}, (10, 10), cells) == {
-        "focus_tile_recall": 1.0,
-        "focus_token_recall": 1.0,
-    }
+    assert recall_stats({"hbox": (2, 2, 4, 4)}, (10, 10), cells) == FocusRecall(tile=1.0, token=1.0)
 
 
 # ----------------------------------------------------------------------------- against the stock model
@@ -228,10 +226,10 @@ TINY = {
 }
 
 
-def _stats(bb, name: str, options: dict, image_path: str, doc: dict) -> dict:
+def _stats(bb, name: str, options: dict, image_path: str, doc: dict) -> SampleRecord:
     reducer = build_reducer(name, bb, dict(options))
     try:
-        return reducer.answer(image_path, "What is it?", doc=doc, max_new_tokens=1).stats
+        return reducer.answer(image_path, "What is it?", doc=doc, max_new_tokens=1).record
     finally:
         reducer.close()
 
@@ -243,13 +241,13 @@ def test_reducer_reports_recall(tiny_backbones, image_path, name) -> None:
     whole = [0, 0, 230, 150]
     for options in ({}, KEEP_ALL[name], TINY[name]):
         stats = _stats(bb, name, options, image_path, {"hbox": box})
-        assert stats["focus_tile_recall"] == 1.0 and 0.0 <= stats["focus_token_recall"] <= 1.0
-    assert _stats(bb, name, KEEP_ALL[name], image_path, {"hbox": box})["focus_token_recall"] == pytest.approx(1.0)
+        assert stats.focus_recall.tile == 1.0 and 0.0 <= stats.focus_recall.token <= 1.0
+    assert _stats(bb, name, KEEP_ALL[name], image_path, {"hbox": box}).focus_recall.token == pytest.approx(1.0)
     tiny = _stats(bb, name, TINY[name], image_path, {"hbox": whole})
-    assert tiny["focus_tile_recall"] == 1.0 and tiny["focus_token_recall"] < 0.5  # a few cells of the image
+    assert tiny.focus_recall.tile == 1.0 and tiny.focus_recall.token < 0.5  # a few cells of the image
     for doc in ({}, {"hbox": [500, 500, 600, 600]}):
         stats = _stats(bb, name, TINY[name], image_path, doc)
-        assert stats["focus_tile_recall"] is None and stats["focus_token_recall"] is None
+        assert stats.focus_recall.tile is None and stats.focus_recall.token is None
 
 
 def test_random_token_recall_is_that_of_the_drawn_tokens(tiny_backbones, image_path) -> None:
@@ -275,8 +273,8 @@ def test_random_token_recall_is_that_of_the_drawn_tokens(tiny_backbones, image_p
         ).any()
     )
     options = {"budget": 5, "seed": 3}
-    assert _stats(bb, "random", options, image_path, {"hbox": far.tolist()})["focus_token_recall"] == 0.0
-    assert _stats(bb, "random", options, image_path, {"hbox": covered[0].tolist()})["focus_token_recall"] == 1.0
+    assert _stats(bb, "random", options, image_path, {"hbox": far.tolist()}).focus_recall.token == 0.0
+    assert _stats(bb, "random", options, image_path, {"hbox": covered[0].tolist()}).focus_recall.token == 1.0
 
 
 @pytest.mark.parametrize("name", ["fastv", "pdrop"])
@@ -296,8 +294,8 @@ def test_in_llm_recall_is_that_of_the_last_stage(tiny_backbones, image_path, nam
     last = (prefill.stage_kept[-1] - span.start).numpy()
     assert len(last) == min(prefill.vision_tokens_per_layer)
     whole = [0, 0, 230, 150]
-    expected = recall_stats({"hbox": whole}, (230, 150), cells[last])["focus_token_recall"]
-    assert _stats(bb, name, {}, image_path, {"hbox": whole})["focus_token_recall"] == pytest.approx(expected)
+    expected = recall_stats({"hbox": whole}, (230, 150), cells[last]).token
+    assert _stats(bb, name, {}, image_path, {"hbox": whole}).focus_recall.token == pytest.approx(expected)
 
 
 def test_max_tiles_grid_still_holds_every_box(tiny_backbones, tmp_path) -> None:
@@ -307,8 +305,8 @@ def test_max_tiles_grid_still_holds_every_box(tiny_backbones, tmp_path) -> None:
     for box in ([0, 0, 10, 10], [390, 5, 400, 20], [180, 180, 220, 220]):
         for name, options in (("random", {"max_tiles": 1}), ("fastv", {"max_tiles": 1, "r": 0.0})):
             stats = _stats(bb, name, options, str(path), {"hbox": box})
-            assert stats["focus_tile_recall"] == 1.0 and stats["focus_token_recall"] == pytest.approx(1.0)
-            assert stats["tiles_encoded"] == 2
+            assert stats.focus_recall.tile == 1.0 and stats.focus_recall.token == pytest.approx(1.0)
+            assert stats.tiles_encoded == 2
 
 
 def test_llava_center_crop_hides_the_margins(tiny_backbones, image_path) -> None:
@@ -317,8 +315,8 @@ def test_llava_center_crop_hides_the_margins(tiny_backbones, image_path) -> None
     for name in REPORTING:
         margin = _stats(bb, name, KEEP_ALL[name], image_path, {"hbox": [0, 0, 2 * left, 150]})
         centre = _stats(bb, name, KEEP_ALL[name], image_path, {"hbox": [100, 60, 130, 90]})
-        assert margin["focus_tile_recall"] == 0.0 and margin["focus_token_recall"] == pytest.approx(0.0, abs=1e-9)
-        assert centre["focus_tile_recall"] == 1.0 and centre["focus_token_recall"] == pytest.approx(1.0)
+        assert margin.focus_recall.tile == 0.0 and margin.focus_recall.token == pytest.approx(0.0, abs=1e-9)
+        assert centre.focus_recall.tile == 1.0 and centre.focus_recall.token == pytest.approx(1.0)
 
 
 def test_every_reducer_reports_recall_or_is_keep_all(tiny_backbones, image_path) -> None:
@@ -330,9 +328,10 @@ def test_every_reducer_reports_recall_or_is_keep_all(tiny_backbones, image_path)
     for name in available_reducers():
         stats = _stats(bb, name, options.get(name, {}), image_path, doc)
         if name in KEEP_ALL_REDUCERS:  # the model adds 1.0 for them
-            assert not set(KEYS) & set(stats) and _keep_all_recall(name, doc, (230, 150)) == dict.fromkeys(KEYS, 1.0)
+            assert not set(KEYS) & set(stats.to_dict())
+            assert _keep_all_recall(name, doc, (230, 150)) == FocusRecall(tile=1.0, token=1.0)
         else:
-            assert set(KEYS) <= set(stats), name
+            assert set(KEYS) <= set(stats.to_dict()), name
 
 
 @pytest.mark.parametrize("name", ["visionzip", "prumerge"])
@@ -355,10 +354,8 @@ def test_selection_recall_is_that_of_the_selected_patches(tiny_backbones, image_
         picked = [prumerge_select(probe.cls_attention[i], adaptive=False, reduction_ratio=0.125) for i in range(5)]
     kept = np.concatenate([cells[i][p.cpu().numpy()] for i, p in enumerate(picked)])
     for box in ([0, 0, 230, 150], [150, 90, 200, 130], [10, 100, 60, 140]):
-        expected = recall_stats({"hbox": box}, (230, 150), kept)["focus_token_recall"]
-        assert _stats(bb, name, options[name], image_path, {"hbox": box})["focus_token_recall"] == pytest.approx(
-            expected
-        )
+        expected = recall_stats({"hbox": box}, (230, 150), kept).token
+        assert _stats(bb, name, options[name], image_path, {"hbox": box}).focus_recall.token == pytest.approx(expected)
 
 
 def test_visionzip_cells_follow_the_next_layout() -> None:

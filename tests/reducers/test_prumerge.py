@@ -329,26 +329,26 @@ def test_answer_stats(tiny_backbones, image, variant) -> None:
     bb = tiny_backbones[variant]
     reducer = build_reducer("prumerge", bb, {"adaptive": "false", "reduction_ratio": "0.25"})
     out = reducer.answer(image[0], "What is it?", doc={}, max_new_tokens=3)
-    stats = out.stats
+    record = out.record
     tiles = 1 if variant[0] == "llava" else 5
     per_tile = 4 + 4 + 1  # 16 patches: 4 top + 4 uniform samples + the pruned-summary token
-    assert stats["tiles_encoded"] == tiles
-    assert stats["vision_tokens_encoded"] == tiles * bb.tokens_per_tile
-    assert stats["vision_tokens_to_llm"] == stats["projector_tokens"] == tiles * per_tile
-    assert stats["prumerge"] == {
+    assert record.tiles_encoded == tiles
+    assert record.vision_tokens_encoded == tiles * bb.tokens_per_tile
+    assert record.vision_tokens_to_llm == record.projector_tokens == tiles * per_tile
+    assert record.to_dict()["prumerge"] == {
         "variant": "plus",
         "adaptive": False,
         "reduction_ratio": 0.25,
         "max_tiles": None,
         "tokens_per_tile": {"min": per_tile, "mean": per_tile, "max": per_tile},
     }
-    assert "max_tiles" not in stats and isinstance(out.text, str) and stats["new_tokens"] >= 1
+    assert "max_tiles" not in record.to_dict() and isinstance(out.text, str) and record.new_tokens >= 1
     # Accounting: the projector runs on the kept tokens only; the tower on every tile, as for ``none``.
     from lrs_plugin.flops.accounting import ModelDims, sample_tflops
 
     dims = ModelDims.from_config(bb.config)
-    ref = build_reducer("none", bb).answer(image[0], "What is it?", doc={}, max_new_tokens=3).stats
-    mine, plain = sample_tflops(stats, dims), sample_tflops(ref, dims)
+    ref = build_reducer("none", bb).answer(image[0], "What is it?", doc={}, max_new_tokens=3).record
+    mine, plain = sample_tflops(record, dims), sample_tflops(ref, dims)
     assert mine["vision_tower"] == plain["vision_tower"] and mine["projector"] < plain["projector"]
 
 
@@ -361,8 +361,8 @@ def test_adaptive_stats_follow_the_tiles(tiny_backbones, image) -> None:
     first = prumerge_tile(probe.hidden[0], probe.keys[0], probe.cls_attention[0], PruMergeConfig())
     assert first.shape[0] == expected[0]
     assert counts == expected and vision.shape[0] == sum(counts)
-    stats = reducer.answer(image[0], "What is it?", doc={}, max_new_tokens=2).stats
-    assert stats["prumerge"]["tokens_per_tile"] == {
+    record = reducer.answer(image[0], "What is it?", doc={}, max_new_tokens=2).record
+    assert record.to_dict()["prumerge"]["tokens_per_tile"] == {
         "min": min(counts),
         "mean": round(sum(counts) / len(counts), 3),
         "max": max(counts),

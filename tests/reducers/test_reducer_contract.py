@@ -1,5 +1,6 @@
 """Contract over EVERY registered reducer on tiny backbones: an answer, never zero tokens, budget, keep-all == none.
 
+Every reducer's record round-trips through its JSON object and writes only keys that are fields of the record.
 Pre-LLM reducers must send their vision tokens through :meth:`Backbone.generate`; its ``inputs_embeds`` are captured
 and a keep-all run must hand the LLM exactly what ``none`` does. A reducer whose ``archs`` exclude a variant's
 architecture must be refused by :func:`build_reducer` with a :class:`ConfigError` naming that architecture.
@@ -7,6 +8,7 @@ architecture must be refused by :func:`build_reducer` with a :class:`ConfigError
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,13 +22,14 @@ from PIL import Image
 
 from lrs_plugin.backbone.adapter import Backbone
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.reducers.base import ReducerOutput
 from lrs_plugin.reducers.registry import available_reducers, build_reducer, reducer_spec
 
 VARIANTS = [("llava", "llama"), ("llava_next", "qwen2")]
 BUDGET = 20
 
-Stats = dict[str, Any]
+Stats = SampleRecord
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,17 @@ class Case:
 
 
 def _anyres_check(stats: Stats, ref: Stats) -> None:
-    assert stats["tiles_encoded"] == 2  # base image + one grid tile
-    assert stats["vision_tokens_to_llm"] < ref["vision_tokens_to_llm"]
+    assert stats.tiles_encoded == 2  # base image + one grid tile
+    assert stats.vision_tokens_to_llm < ref.vision_tokens_to_llm
 
 
 def _visionzip_check(stats: Stats, ref: Stats) -> None:
-    assert stats["vision_tokens_to_llm"] == stats["tiles_encoded"] * (4 + 2)
+    assert stats.vision_tokens_to_llm == stats.tiles_encoded * (4 + 2)
 
 
 def _prumerge_check(stats: Stats, ref: Stats) -> None:
     # 16 patches per tile at reduction_ratio=0.25: 4 top + 4 uniform samples + the pruned-summary token.
-    assert stats["vision_tokens_to_llm"] == stats["tiles_encoded"] * 9 <= stats["vision_tokens_encoded"]
+    assert stats.vision_tokens_to_llm == stats.tiles_encoded * 9 <= stats.vision_tokens_encoded
 
 
 TABLE: dict[str, Case] = {
@@ -146,30 +149,53 @@ def test_contract(backbones, image_path, refs, monkeypatch, variant, name) -> No
     spy = _Spy(bb, monkeypatch)
     out, embeds = spy.ask(name, bb, case.budgeted, image_path)
     assert isinstance(out.text, str)
-    assert out.stats["vision_tokens_to_llm"] >= 1
+    assert out.record.vision_tokens_to_llm >= 1
     for key in ("tiles_encoded", "vision_tokens_encoded", "llm_input_len", "new_tokens", "focus_passes"):
-        assert key in out.stats
+        assert key in out.record.to_dict()
     if spec.stage == "pre_llm":  # the LLM sees exactly the recorded sequence: the prompt text + the vision tokens
         assert embeds is not None, f"pre-LLM reducer {name!r} did not call Backbone.generate"
-        assert embeds.shape[1] == out.stats["llm_input_len"]
-        text_len = ref.stats["llm_input_len"] - ref.stats["vision_tokens_to_llm"]
-        assert out.stats["llm_input_len"] - out.stats["vision_tokens_to_llm"] == text_len
+        assert embeds.shape[1] == out.record.llm_input_len
+        text_len = ref.record.llm_input_len - ref.record.vision_tokens_to_llm
+        assert out.record.llm_input_len - out.record.vision_tokens_to_llm == text_len
     if spec.stage in ("pre_llm", "pyramid"):  # budget = vision tokens sent to the LLM, newline tokens included
         if "budget" in case.budgeted:
-            assert out.stats["vision_tokens_to_llm"] <= case.budgeted["budget"]
+            assert out.record.vision_tokens_to_llm <= case.budgeted["budget"]
         if "token_budget" in case.budgeted:
-            assert out.stats["vision_tokens_to_llm"] <= case.budgeted["token_budget"]
+            assert out.record.vision_tokens_to_llm <= case.budgeted["token_budget"]
     else:  # in_llm: budget = vision tokens averaged over the LLM layers
-        assert out.stats["equivalent_vision_tokens"] <= case.budgeted["budget"] or not out.stats["budget_met"]
-        assert min(out.stats["vision_tokens_per_layer"]) >= 1
+        assert out.record.in_llm.equivalent_vision_tokens <= case.budgeted["budget"] or not out.record.budget_met
+        assert min(out.record.in_llm.vision_tokens_per_layer) >= 1
     if case.check is not None:
-        case.check(out.stats, ref.stats)
+        case.check(out.record, ref.record)
     if case.keep_all is not None:
         same, same_embeds = spy.ask(name, bb, case.keep_all, image_path)
         assert same.text == ref.text
-        assert same.stats["vision_tokens_to_llm"] == ref.stats["vision_tokens_to_llm"]
+        assert same.record.vision_tokens_to_llm == ref.record.vision_tokens_to_llm
         if spec.stage == "pre_llm":
             assert same_embeds is not None, f"pre-LLM reducer {name!r} did not call Backbone.generate"
         if same_embeds is not None:  # in-LLM reducers may run their own prefill instead
             assert same_embeds.shape == ref_embeds.shape
             assert torch.equal(same_embeds, ref_embeds), (same_embeds - ref_embeds).abs().max()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "_".join(v))
+@pytest.mark.parametrize("name", available_reducers())
+def test_record_round_trips_and_every_key_is_a_field(backbones, image_path, variant, name) -> None:
+    bb = backbones[variant]
+    if bb.arch not in reducer_spec(name).archs:
+        return
+    case = TABLE[name]
+    for options in [case.budgeted] + ([case.keep_all] if case.keep_all is not None else []):
+        for doc in ({}, {"hbox": [20, 10, 90, 60]}):  # without and with a target box (focus recall)
+            reducer = build_reducer(name, bb, dict(options))
+            try:
+                out = reducer.answer(image_path, "What is it?", doc=doc, max_new_tokens=3)
+            finally:
+                reducer.close()
+            record = out.record
+            assert isinstance(record, SampleRecord) and record.extra == {}
+            data = record.to_dict()
+            unknown = set(data) - set(SampleRecord.json_keys())
+            assert not unknown, f"{name} writes keys that are no field of SampleRecord: {sorted(unknown)}"
+            assert SampleRecord.from_dict(data) == record
+            assert SampleRecord.from_dict(json.loads(json.dumps(data))) == record  # as a resume file reads it back

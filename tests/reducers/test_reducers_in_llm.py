@@ -231,10 +231,10 @@ def test_keep_everything_equals_none(backbones, image_path, variant, attn, name,
         got = reducer.answer(image_path, QUESTION, doc={}, max_new_tokens=16, stop_strings=stops)
         want = plain.answer(image_path, QUESTION, doc={}, max_new_tokens=16, stop_strings=stops)
         assert got.text == want.text
-        assert got.stats["new_tokens"] == want.stats["new_tokens"]
+        assert got.record.new_tokens == want.record.new_tokens
     assert len(got.text) < len(full)
-    assert got.stats["llm_tokens_per_layer"] == [want.stats["llm_input_len"]] * LAYERS
-    assert got.stats["equivalent_vision_tokens"] == want.stats["vision_tokens_to_llm"]
+    assert got.record.llm_tokens_per_layer == [want.record.llm_input_len] * LAYERS
+    assert got.record.in_llm.equivalent_vision_tokens == want.record.vision_tokens_to_llm
 
     embeds, span = _embeds(backbone, image_path)
     stages, _ = reducer.schedule(span.stop - span.start)
@@ -252,28 +252,28 @@ def test_stats_and_accounting(backbones, image_path, variant):
     for name in ("fastv", "pdrop"):
         assert reducer_spec(name).stage == "in_llm"
         out = build_reducer(name, backbone).answer(image_path, QUESTION, doc={}, max_new_tokens=4)
-        s = out.stats
-        n_img, n = s["vision_tokens_to_llm"], s["llm_input_len"]
-        assert len(s["llm_tokens_per_layer"]) == LAYERS == len(s["vision_tokens_per_layer"])
-        assert s["llm_tokens_per_layer"][0] == n and s["vision_tokens_per_layer"][0] == n_img
-        assert [t - v for t, v in zip(s["llm_tokens_per_layer"], s["vision_tokens_per_layer"], strict=True)] == [
+        s = out.record
+        n_img, n = s.vision_tokens_to_llm, s.llm_input_len
+        assert len(s.llm_tokens_per_layer) == LAYERS == len(s.in_llm.vision_tokens_per_layer)
+        assert s.llm_tokens_per_layer[0] == n and s.in_llm.vision_tokens_per_layer[0] == n_img
+        assert [t - v for t, v in zip(s.llm_tokens_per_layer, s.in_llm.vision_tokens_per_layer, strict=True)] == [
             n - n_img
         ] * LAYERS
-        assert s["equivalent_vision_tokens"] == pytest.approx(sum(s["vision_tokens_per_layer"]) / LAYERS)
-        assert 0 < s["equivalent_vision_tokens"] < n_img
+        assert s.in_llm.equivalent_vision_tokens == pytest.approx(sum(s.in_llm.vision_tokens_per_layer) / LAYERS)
+        assert 0 < s.in_llm.equivalent_vision_tokens < n_img
         assert sample_tflops(s, ModelDims.from_config(backbone.config))["llm_prefill"] > 0
         for key in ("tiles_encoded", "vision_tokens_encoded", "new_tokens", "focus_passes"):
-            assert key in s
-    fastv = build_reducer("fastv", backbone).answer(image_path, QUESTION, doc={}, max_new_tokens=2).stats
-    assert fastv["vision_tokens_per_layer"][2:] == [fastv_keep(fastv["vision_tokens_to_llm"], 0.5)] * (LAYERS - 2)
-    pdrop = build_reducer("pdrop", backbone).answer(image_path, QUESTION, doc={}, max_new_tokens=2).stats
-    n_img = pdrop["vision_tokens_to_llm"]
-    assert pdrop["vision_tokens_per_layer"] == [n_img] * 2 + sum(([k] * 2 for k in pdrop_keeps(n_img, 0.5, 3)), [])
+            assert key in s.to_dict()
+    fastv = build_reducer("fastv", backbone).answer(image_path, QUESTION, doc={}, max_new_tokens=2).record
+    assert fastv.in_llm.vision_tokens_per_layer[2:] == [fastv_keep(fastv.vision_tokens_to_llm, 0.5)] * (LAYERS - 2)
+    pdrop = build_reducer("pdrop", backbone).answer(image_path, QUESTION, doc={}, max_new_tokens=2).record
+    n_img = pdrop.vision_tokens_to_llm
+    assert pdrop.in_llm.vision_tokens_per_layer == [n_img] * 2 + sum(([k] * 2 for k in pdrop_keeps(n_img, 0.5, 3)), [])
     # what the run did is what the FLOPs schedules count
     from lrs_plugin.flops.terms import fastv_tokens_per_layer, pdrop_tokens_per_layer
 
-    assert fastv["vision_tokens_per_layer"] == fastv_tokens_per_layer(fastv["vision_tokens_to_llm"], LAYERS, 2, 0.5)
-    assert pdrop["vision_tokens_per_layer"] == pdrop_tokens_per_layer(n_img, LAYERS, [2, 4, 6], [0.5, 0.25, 0.125])
+    assert fastv.in_llm.vision_tokens_per_layer == fastv_tokens_per_layer(fastv.vision_tokens_to_llm, LAYERS, 2, 0.5)
+    assert pdrop.in_llm.vision_tokens_per_layer == pdrop_tokens_per_layer(n_img, LAYERS, [2, 4, 6], [0.5, 0.25, 0.125])
 
 
 @pytest.mark.parametrize("name", ["fastv", "pdrop"])
@@ -283,13 +283,13 @@ def test_budget_is_respected(backbones, image_path, name):
         s = (
             build_reducer(name, backbone, {"budget": budget})
             .answer(image_path, QUESTION, doc={}, max_new_tokens=2)
-            .stats
+            .record
         )
-        assert s["budget_met"] and s["equivalent_vision_tokens"] <= budget
-        assert s["equivalent_vision_tokens"] > budget - s["vision_tokens_to_llm"] / 2  # solved, not just minimal
+        assert s.budget_met and s.in_llm.equivalent_vision_tokens <= budget
+        assert s.in_llm.equivalent_vision_tokens > budget - s.vision_tokens_to_llm / 2  # solved, not just minimal
     # Out of reach (the first layers see every token): the minimum is used and flagged.
-    s = build_reducer(name, backbone, {"budget": 1}).answer(image_path, QUESTION, doc={}, max_new_tokens=2).stats
-    assert not s["budget_met"] and min(s["vision_tokens_per_layer"]) == 1
+    s = build_reducer(name, backbone, {"budget": 1}).answer(image_path, QUESTION, doc={}, max_new_tokens=2).record
+    assert not s.budget_met and min(s.in_llm.vision_tokens_per_layer) == 1
 
 
 # -------------------------------------------------------------------------------------- pure functions

@@ -100,10 +100,13 @@ def test_random_keep_all_equals_none(backbones, image_path, variant) -> None:
     ref = _ask(build_reducer("none", bb), image_path)
     for options in ({}, {"newlines": "keep"}):
         out = _ask(build_reducer("random", bb, options), image_path)
-        assert out.stats["budget_met"] is True
+        assert out.record.budget_met is True
         # Its own keys: budget_met, and the focus recall (None here: no box) that ``none`` leaves to the model.
         own = ("budget_met", "focus_tile_recall", "focus_token_recall")
-        assert out.text == ref.text and {k: v for k, v in out.stats.items() if k not in own} == ref.stats
+        assert (
+            out.text == ref.text
+            and {k: v for k, v in out.record.to_dict().items() if k not in own} == ref.record.to_dict()
+        )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -111,17 +114,17 @@ def test_random_budget_respected_and_seeded(backbones, image_path, variant) -> N
     bb = backbones[variant]
     ref = _ask(build_reducer("none", bb), image_path)
     n, newlines = _newline_count(bb, image_path)
-    assert ref.stats["vision_tokens_to_llm"] == n
+    assert ref.record.vision_tokens_to_llm == n
     budget = newlines + 5  # reachable in both modes
     for mode in ("rankable", "keep"):
         options = {"budget": budget, "seed": 3, "newlines": mode}
         a = _ask(build_reducer("random", bb, options), image_path)
         b = _ask(build_reducer("random", bb, options), image_path)
-        assert a.text == b.text and a.stats == b.stats
-        assert a.stats["vision_tokens_to_llm"] == budget and a.stats["budget_met"] is True
-        assert a.stats["vision_tokens_encoded"] == ref.stats["vision_tokens_encoded"]
+        assert a.text == b.text and a.record == b.record
+        assert a.record.vision_tokens_to_llm == budget and a.record.budget_met is True
+        assert a.record.vision_tokens_encoded == ref.record.vision_tokens_encoded
     big = _ask(build_reducer("random", bb, {"budget": n + 10}), image_path)
-    assert big.stats["vision_tokens_to_llm"] == n and big.stats["budget_met"] is True
+    assert big.record.vision_tokens_to_llm == n and big.record.budget_met is True
     assert big.text == ref.text
 
 
@@ -130,13 +133,13 @@ def test_random_keep_newlines_budget_not_met(backbones, image_path, variant) -> 
     bb = backbones[variant]
     _, newlines = _newline_count(bb, image_path)
     rankable = _ask(build_reducer("random", bb, {"budget": 1}), image_path)
-    assert rankable.stats["vision_tokens_to_llm"] == 1 and rankable.stats["budget_met"] is True
+    assert rankable.record.vision_tokens_to_llm == 1 and rankable.record.budget_met is True
     keep = _ask(build_reducer("random", bb, {"budget": 1, "newlines": "keep"}), image_path)
-    assert keep.stats["vision_tokens_to_llm"] == newlines + 1
-    assert keep.stats["budget_met"] is (newlines == 0)
+    assert keep.record.vision_tokens_to_llm == newlines + 1
+    assert keep.record.budget_met is (newlines == 0)
     if newlines:  # LLaVA-NeXT: the newlines alone fill the budget
         exact = _ask(build_reducer("random", bb, {"budget": newlines, "newlines": "keep"}), image_path)
-        assert exact.stats["vision_tokens_to_llm"] == newlines + 1 and exact.stats["budget_met"] is False
+        assert exact.record.vision_tokens_to_llm == newlines + 1 and exact.record.budget_met is False
     with pytest.raises(ConfigError, match="newlines"):
         build_reducer("random", bb, {"budget": 4, "newlines": "drop"})
 
@@ -154,9 +157,9 @@ def test_downsample_keep_all_equals_none_and_shrinks(backbones, image_path, vari
     bb = backbones[variant]
     ref = _ask(build_reducer("none", bb), image_path)
     same = _ask(build_reducer("downsample", bb, {}), image_path)
-    assert same.text == ref.text and same.stats == ref.stats
+    assert same.text == ref.text and same.record == ref.record
     small = _ask(build_reducer("downsample", bb, {"max_pixels": 400}), image_path)
-    assert 1 <= small.stats["vision_tokens_to_llm"] <= ref.stats["vision_tokens_to_llm"]
+    assert 1 <= small.record.vision_tokens_to_llm <= ref.record.vision_tokens_to_llm
 
 
 @pytest.mark.parametrize(

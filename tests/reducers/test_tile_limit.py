@@ -38,14 +38,14 @@ def test_max_tiles_square_grid_for_every_stock_layout_reducer(tiny_backbones, bi
     given = dict(options)
     out = build_reducer(name, bb, options).answer(big_image, "What is it?", doc={}, max_new_tokens=2)
     assert options == given  # the caller's mapping is not consumed
-    assert out.stats["tiles_encoded"] == 1 + 9  # a 3x3 grid: beyond the checkpoint's own 2x2 / 1x3 grids
-    assert out.stats["vision_tokens_encoded"] == 10 * bb.tokens_per_tile
-    if name != "visionzip":  # visionzip reports its limit inside its own stats entry
-        assert out.stats["max_tiles"] == 9
+    assert out.record.tiles_encoded == 1 + 9  # a 3x3 grid: beyond the checkpoint's own 2x2 / 1x3 grids
+    assert out.record.vision_tokens_encoded == 10 * bb.tokens_per_tile
+    if name != "visionzip":  # visionzip records its limit inside its own settings
+        assert out.record.max_tiles == 9
     else:
-        assert out.stats["visionzip"]["max_tiles"] == 9
+        assert out.record.visionzip.max_tiles == 9
     plain = build_reducer(name, bb, dict(REDUCERS[name])).answer(big_image, "What is it?", doc={}, max_new_tokens=2)
-    assert plain.stats["tiles_encoded"] == 5 and "max_tiles" not in plain.stats
+    assert plain.record.tiles_encoded == 5 and "max_tiles" not in plain.record.to_dict()
 
 
 @pytest.mark.parametrize("name", sorted(set(REDUCERS) - {"anyres"}))
@@ -59,7 +59,7 @@ def test_checkpoint_mode_caps_the_checkpoint_grids(tiny_backbones, big_image) ->
     out = build_reducer("fastv", bb, {"max_tiles": 2, "pinpoints": "checkpoint"}).answer(
         big_image, "What is it?", doc={}, max_new_tokens=2
     )
-    assert out.stats["tiles_encoded"] == 1 + 2
+    assert out.record.tiles_encoded == 1 + 2
 
 
 @pytest.mark.parametrize(

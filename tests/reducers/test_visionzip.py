@@ -225,22 +225,22 @@ def test_answer_stats_and_budget(tiny_backbones, image, variant) -> None:
     out = build_reducer("visionzip", bb, {"dominant": "4", "contextual": "2"}).answer(
         image[0], "What is it?", doc={}, max_new_tokens=3
     )
-    stats = out.stats
-    assert stats["vision_tokens_to_llm"] == stats["tiles_encoded"] * 6
-    assert stats["vision_tokens_encoded"] == stats["tiles_encoded"] * bb.tokens_per_tile
-    assert stats["tiles_encoded"] == (1 if variant[0] == "llava" else 5)
-    assert stats["visionzip"] == {"dominant": 4, "contextual": 2, "max_tiles": None}
-    assert isinstance(out.text, str) and stats["new_tokens"] >= 1
+    record = out.record
+    assert record.vision_tokens_to_llm == record.tiles_encoded * 6
+    assert record.vision_tokens_encoded == record.tiles_encoded * bb.tokens_per_tile
+    assert record.tiles_encoded == (1 if variant[0] == "llava" else 5)
+    assert record.to_dict()["visionzip"] == {"dominant": 4, "contextual": 2, "max_tiles": None}
+    assert isinstance(out.text, str) and record.new_tokens >= 1
     # Accounting: the projector runs on the kept tokens only; the tower on every tile, as for ``none``.
     from lrs_plugin import flops
     from lrs_plugin.flops.accounting import ModelDims, sample_tflops
 
     dims = ModelDims.from_config(bb.config)
-    ref = build_reducer("none", bb).answer(image[0], "What is it?", doc={}, max_new_tokens=3).stats
-    mine, plain = sample_tflops(stats, dims), sample_tflops(ref, dims)
-    assert stats["projector_tokens"] == stats["vision_tokens_to_llm"]
+    ref = build_reducer("none", bb).answer(image[0], "What is it?", doc={}, max_new_tokens=3).record
+    mine, plain = sample_tflops(record, dims), sample_tflops(ref, dims)
+    assert record.projector_tokens == record.vision_tokens_to_llm
     assert mine["projector"] * 1e12 == pytest.approx(
-        flops.projector_flops(stats["tiles_encoded"] * 6, dims.projector_in, dims.lm.hidden)
+        flops.projector_flops(record.tiles_encoded * 6, dims.projector_in, dims.lm.hidden)
     )
     assert mine["vision_tower"] == plain["vision_tower"] and mine["llm_prefill"] < plain["llm_prefill"]
 
