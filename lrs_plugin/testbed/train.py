@@ -117,7 +117,21 @@ def testbed_corpus() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Knobs of :func:`train_testbed`; the defaults are the measured run of docs/testbed.md (~17 min on 2 cores)."""
+    """Knobs of :func:`train_testbed`; the defaults are the measured run of docs/testbed.md.
+
+    Attributes beyond the optimiser's:
+        others_share: Share of the ``pyramid_fine`` examples (at full difficulty) whose tiles also show the scene's
+            other targets, so the question's colour or shape has to pick its object among several (the binding
+            every multi-object view needs; without it the model answers from whichever object it sees).
+        probe_weight: Weight of the query probe: a linear head (discarded after training) reads, from the last
+            prompt token's input to :data:`FOCUS_LAYER`, the colour or shape the question names. It teaches the
+            first hop of the routing the answer needs (question word -> query), so the focus term's second hop
+            (query -> the object's tokens) can form. 0 turns it off.
+        gap_share, gap_max: That share of the joint-stage examples skips a random number (1 to ``gap_max``) of
+            RoPE positions between the vision tokens and the question, showing the model the long query-to-image
+            distances of every-tile views without paying for the tokens. Off by default (measured: it cost the
+            pyramid views' colour accuracy more than it gained, see docs/testbed.md).
+    """
 
     steps: int = 600
     batch_size: int = 16
@@ -133,6 +147,10 @@ class TrainConfig:
     focus_weight: float = 1.0
     vision_steps: int = 3000
     vision_batch_size: int = 16
+    others_share: float = 0.8
+    probe_weight: float = 1.0
+    gap_share: float = 0.0
+    gap_max: int = 2048
     format_mix: dict[str, float] = field(default_factory=lambda: dict(FORMAT_MIX))
 
     def __post_init__(self) -> None:
@@ -140,7 +158,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: an int >= 1")
-        for name in ("warmup", "seed", "vision_steps", "vision_batch_size"):
+        for name in ("warmup", "seed", "vision_steps", "vision_batch_size", "gap_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: an int >= 0")
@@ -160,7 +178,11 @@ class TrainConfig:
             or not (0 <= self.curriculum <= 1)
         ):
             raise ConfigError(f"TrainConfig.curriculum={self.curriculum!r} is invalid; valid: a share in [0, 1]")
-        for name in ("aux_weight", "focus_weight"):
+        for name in ("others_share", "gap_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
+                raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: a share in [0, 1]")
+        for name in ("aux_weight", "focus_weight", "probe_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: a finite number >= 0")
@@ -283,10 +305,6 @@ CAPTION_QUESTION = f"Which colored objects are there?{sc.NONCOUNT_SUFFIX}"
 (``"red triangle, blue square"``, top to bottom, then left to right), a dense signal that teaches the LM to look
 at the vision tokens (LLaVA's first stage is captioning for the same reason)."""
 
-OTHERS_SHARE = 0.8
-"""Share of the ``pyramid_fine`` examples (at full difficulty) whose tiles also show the other two targets, so the
-question's colour or shape has to pick its object among several (the binding every multi-object view needs)."""
-
 CAPTION_SHARE = 0.3
 """Share of the examples of the object-centred formats (``stock_crop``, ``pyramid_fine``) asked the caption."""
 
@@ -329,7 +347,9 @@ def _focus_box(question: tuple[str, str, str], target: sc.PlantedObject) -> tupl
 class _ExampleMaker:
     """Draws training examples of every format from a list of scenes."""
 
-    def __init__(self, backbone: Backbone, scenes: Sequence[sc.Scene], rng: np.random.Generator) -> None:
+    def __init__(
+        self, backbone: Backbone, scenes: Sequence[sc.Scene], rng: np.random.Generator, *, others_share: float = 0.8
+    ) -> None:
         from lrs_plugin.c2f.driver import _separator_id
         from lrs_plugin.c2f.pyramid import build_pyramid
         from lrs_plugin.imagery.large_image import LargeImage
@@ -343,6 +363,7 @@ class _ExampleMaker:
         self.sep_id = _separator_id(backbone, ":")
         self.difficulty = 1.0  # 0: single tiles around the object, 1: the full mix (see _train_loop)
         self.caption_share = CAPTION_SHARE
+        self.others_share = others_share  # TrainConfig.others_share
         self._thumbs: dict[int, np.ndarray] = {}
 
     # -- helpers
@@ -521,7 +542,7 @@ class _ExampleMaker:
         c0 = int(np.clip(tc - int(rng.integers(bw)), 0, max(gw - bw, 0)))
         chosen = {(r, c) for r in range(r0, min(r0 + bh, gh)) for c in range(c0, min(c0 + bw, gw))}
         chosen.add((tr, tc))
-        if rng.random() < OTHERS_SHARE * self.difficulty:  # the other targets too: the question must pick one
+        if rng.random() < self.others_share * self.difficulty:  # the other targets too: the question must pick one
             for other in scene.targets():
                 ox, oy = other.center
                 chosen.add((min(int(oy * sy // t), gh - 1), min(int(ox * sx // t), gw - 1)))
@@ -585,11 +606,6 @@ FOCUS_LAYER = 3
 PROBE_WORDS = (*sc.COLORS, *sc.SHAPES)
 """Classes of the query probe: the colour or shape word a question names (:func:`_asked`)."""
 
-PROBE_WEIGHT = 0.0
-"""Weight of the query probe: a linear head (discarded after training) reads, from the last prompt token's input to
-:data:`FOCUS_LAYER`, the colour or shape the question names. It teaches the first hop of the routing the answer
-needs (question word -> the query), so the focus term's second hop (query -> the object's tokens) can form."""
-
 
 def _asked(question: str) -> int:
     """Index in :data:`PROBE_WORDS` of the attribute ``question`` names; -100 when it names none (count, caption)."""
@@ -598,12 +614,6 @@ def _asked(question: str) -> int:
         if word in words:
             return k
     return -100
-
-
-FOCUS_OVER = "grid"
-"""Keys of the focus term's softmax: ``"grid"`` (the grid tokens, as ``focus=llm_attention`` scores) or
-``"sequence"`` (every key up to the query, text included: the attention that actually moves the object's features
-to the answer)."""
 
 
 def _focus_loss(
@@ -618,7 +628,7 @@ def _focus_loss(
         bb: The backbone.
         hidden: ``[1, L, C]`` input of :data:`FOCUS_LAYER`.
         focus: ``(keys, target, query_index)`` from :func:`_sequences`.
-        positions: ``[L]`` RoPE positions of the rows (see :data:`POSITION_GAP`).
+        positions: ``[L]`` RoPE positions of the rows (see ``TrainConfig.gap_share``).
     """
     import torch
 
@@ -626,8 +636,6 @@ def _focus_loss(
 
     lm = bb.language_model
     keys, target, query = focus
-    if FOCUS_OVER == "sequence":  # every key up to the query: the attention that carries the object's features
-        keys = slice(0, query + 1)
     logits = query_logits(
         lm.layers[FOCUS_LAYER],
         hidden,
@@ -639,13 +647,6 @@ def _focus_loss(
     )
     mass = torch.softmax(logits, dim=-1).mean(0)[target - keys.start].sum()
     return -torch.log(mass.clamp_min(1e-6))
-
-
-POSITION_GAP = (0.5, 2048)
-"""``(share, largest)``: that share of the joint-stage examples skips a random number of RoPE positions (up to
-``largest``) between the vision tokens and the question. Evaluating with every tile of a large scene puts up to
-~2,400 grid tokens between the question and the first tile, while a training sequence is at most ~900 tokens long:
-the skipped positions show the model those long query-to-image distances without paying for the tokens."""
 
 
 def _step_losses(
@@ -660,8 +661,8 @@ def _step_losses(
 
     The focus loss is ``None`` when no example has a focus target. Length-sorted micro-batches of at most
     ``token_budget`` padded tokens, so one long example does not pad the whole step. ``gaps[i]`` RoPE positions
-    are skipped before example ``i``'s question (:data:`POSITION_GAP`; none by default). With ``probe``, the third
-    value is the query probe's mean cross-entropy (:data:`PROBE_WEIGHT`), else ``None``.
+    are skipped before example ``i``'s question (``TrainConfig.gap_share``; none by default). With ``probe``, the third
+    value is the query probe's mean cross-entropy (``TrainConfig.probe_weight``), else ``None``.
     """
     import torch
     import torch.nn.functional as F
@@ -840,13 +841,13 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
 
     rng = np.random.default_rng([cfg.seed, 11])
     scenes = [sc.make_scene("train", cfg.seed, i) for i in range(cfg.train_scenes)]
-    maker = _ExampleMaker(bb, scenes, rng)
+    maker = _ExampleMaker(bb, scenes, rng, others_share=cfg.others_share)
     model = bb.model
     model.train()
     width = bb.hidden_size
     aux = torch.nn.ModuleList([torch.nn.Linear(width, len(c)) for c in (AUX_COLORS, AUX_SHAPES)])
     vision_curve = _vision_pretrain(bb, maker, aux, cfg, log) if cfg.vision_steps else []
-    probe = torch.nn.Linear(width, len(PROBE_WORDS)) if PROBE_WEIGHT else None
+    probe = torch.nn.Linear(width, len(PROBE_WORDS)) if cfg.probe_weight else None
     params = [p for p in model.parameters() if p.requires_grad] + list(aux.parameters())
     params += list(probe.parameters()) if probe is not None else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -870,15 +871,14 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
         for e in examples:
             counts[e.fmt] += 1
         seqs, aux_loss = _sequences(bb, examples, aux if cfg.aux_weight else None)
-        share, largest = POSITION_GAP
-        gaps = [int(rng.integers(1, largest + 1)) if rng.random() < share else 0 for _ in seqs]
+        gaps = [int(rng.integers(1, cfg.gap_max + 1)) if rng.random() < cfg.gap_share else 0 for _ in seqs]
         per_example, focus_loss, probe_loss = _step_losses(bb, seqs, gaps=gaps, probe=probe)
         loss = per_example.mean()
         if aux_loss is not None:
             loss = loss + cfg.aux_weight * aux_loss
             by_cat.setdefault("aux", []).append(float(aux_loss.detach()))
         if probe_loss is not None:
-            loss = loss + PROBE_WEIGHT * probe_loss
+            loss = loss + cfg.probe_weight * probe_loss
             by_cat.setdefault("probe", []).append(float(probe_loss.detach()))
         if focus_loss is not None and cfg.focus_weight:
             loss = loss + cfg.focus_weight * focus_loss
