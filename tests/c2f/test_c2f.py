@@ -336,12 +336,12 @@ def test_unpad_floor_quirk_off_shows_a_target_in_the_partial_strip(backbones, tm
         for floor in (True, False):
             cfg = C2FConfig(num_zoom_steps=1, newline_vote_quirk=False, unpad_floor_quirk=floor)
             result = run_c2f(bb, image, QUESTION, build_focus("oracle", bb), cfg, doc={"hbox": box}, max_new_tokens=2)
-            got[floor] = result.stats
-    base_rows = {floor: stats["levels"][0]["grid_shape_hw"][0] for floor, stats in got.items()}
-    assert base_rows[False] == base_rows[True] + 1
-    assert max(got[True]["levels"][0]["scores"]) == 0.0  # no base token overlaps the box: the zoom is blind
-    assert max(got[False]["levels"][0]["scores"]) == 1.0
-    assert got[False]["focus_tile_recall"] == 1.0
+            got[floor] = result.record
+    base = {floor: record.c2f.levels[0] for floor, record in got.items()}
+    assert base[False].grid_shape_hw[0] == base[True].grid_shape_hw[0] + 1
+    assert max(base[True].scores) == 0.0  # no base token overlaps the box: the zoom is blind
+    assert max(base[False].scores) == 1.0
+    assert got[False].focus_recall.tile == 1.0
 
 
 def test_budget_below_the_fixed_cost_is_refused(backbones, images):
