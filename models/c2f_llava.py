@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 
 from lrs_plugin.backbone.stops import cut_at_stop, stop_strings_of
+from lrs_plugin.harness.costs import PeakMemory, StageClock, record_costs
 from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE, FocusRecall, SampleRecord, sample_key
 from lrs_plugin.harness.resume import ResumeStore, ResumeStoreError, answer_key, settings_fingerprint
 from lrs_plugin.harness.settings import parse_model_args
@@ -198,24 +198,27 @@ class C2FLlava(lmms):
         from lrs_plugin.flops.accounting import sample_tflops
 
         self._check_greedy(gen_kwargs)
-        start = time.perf_counter()
+        memory = PeakMemory(self._device)
+        clock = StageClock(self._device)  # one per question: stage times, TTFT, KV bytes (lrs_plugin.harness.costs)
         step = "read"
         image, owned = None, False
         try:
-            if callable(visuals):
-                visuals = visuals(doc)
-            image, owned = self._image_for(visuals, doc)
-            if image is not None:
-                image.load()  # decode now (every method needs the pixels): a broken file is a read failure
+            with clock.stage("image_read"):
+                if callable(visuals):
+                    visuals = visuals(doc)
+                image, owned = self._image_for(visuals, doc)
+                if image is not None:
+                    image.load()  # decode now (every method needs the pixels): a broken file is a read failure
             step = "answer"
             max_new = self._max_new_tokens(gen_kwargs)
             if image is None:
-                out = self._answer_text_only(context, max_new, stop_strings)
+                out = self._answer_text_only(context, max_new, stop_strings, clock)
             else:
-                out = self.reducer.answer(image, context, doc=doc, max_new_tokens=max_new, stop_strings=stop_strings)
-            self._synchronize()
+                out = self.reducer.answer(
+                    image, context, doc=doc, max_new_tokens=max_new, stop_strings=stop_strings, clock=clock
+                )
             record = out.record
-            record.latency_s = time.perf_counter() - start
+            record_costs(record, clock, memory)  # latency (the device synchronised), stages, TTFT, KV, memory
             if image is not None and record.focus_recall is None:
                 record.focus_recall = _keep_all_recall(self.settings.reducer, doc, image.size)
             step = "accounting"
@@ -225,21 +228,21 @@ class C2FLlava(lmms):
             return out.text, record
         except Exception as exc:  # noqa: BLE001 - one broken sample must not end a multi-hour run
             logger.opt(exception=True).error("c2f_llava: {} failed ({}): {}", name, step, exc)
-            failure = SampleRecord(
-                error=f"{type(exc).__name__}: {exc}", error_step=step, latency_s=time.perf_counter() - start
-            )
+            failure = SampleRecord(error=f"{type(exc).__name__}: {exc}", error_step=step, latency_s=clock.elapsed())
             return "", failure
         finally:
             if owned:
                 image.close()
 
-    def _answer_text_only(self, context: str, max_new_tokens: int, stop_strings: tuple[str, ...]) -> Any:
+    def _answer_text_only(
+        self, context: str, max_new_tokens: int, stop_strings: tuple[str, ...], clock: StageClock
+    ) -> Any:
         """Answer a request that holds no image with the language model alone (recorded as ``text_only``)."""
         from lrs_plugin.reducers.base import ReducerOutput
 
         ids = self.backbone.text_prompt_ids(context)
         embeds = self.backbone.embed_ids(ids).unsqueeze(0)
-        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock)
         record = SampleRecord(
             text_only=True,
             tiles_encoded=0,
@@ -250,12 +253,6 @@ class C2FLlava(lmms):
             focus_passes=[],
         )
         return ReducerOutput(text=out.text, record=record)
-
-    def _synchronize(self) -> None:
-        import torch
-
-        if str(self._device).startswith("cuda"):
-            torch.cuda.synchronize(self._device)
 
     def _open_resume_store(self) -> ResumeStore | None:
         """This rank's resume store (rank and world size as lmms-eval set them), or ``None`` when resume is off.

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from lrs_plugin.harness.costs import StageClock
+
 __all__ = [
     "ATTN_IMPLEMENTATIONS",
     "DTYPES",
@@ -689,6 +691,7 @@ class Backbone:
         max_new_tokens: int,
         eos_token_ids: list[int] | None = None,
         stop_strings: Sequence[str] | None = None,
+        clock: StageClock | None = None,
     ) -> GenerationOutput:
         """Greedy decoding from ``inputs_embeds`` with transformers' ``generate`` and its KV cache.
 
@@ -699,6 +702,8 @@ class Backbone:
                 generation config's EOS ids.
             stop_strings: Strings that end generation (the task's ``until``): ``generate`` stops after the token with
                 which the answer first contains one, and the text is cut before it (:mod:`lrs_plugin.backbone.stops`).
+            clock: Times the prefill (up to the first token) and the decoding, and measures the KV cache at the end of
+                the prefill (:func:`lrs_plugin.harness.costs.measured_generation`); the tokens are the same.
 
         Returns:
             The decoded answer and the generated ids.
@@ -710,6 +715,7 @@ class Backbone:
         import torch
 
         from lrs_plugin.backbone.stops import cut_at_stop, stopping_criteria
+        from lrs_plugin.harness.costs import measured_generation
 
         if int(max_new_tokens) < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
@@ -721,7 +727,7 @@ class Backbone:
         if criteria is not None:
             kwargs["stopping_criteria"] = criteria
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        with torch.no_grad():
+        with torch.no_grad(), measured_generation(clock, self.model) as timing:
             out = self.model.generate(
                 inputs_embeds=inputs_embeds,
                 attention_mask=mask,
@@ -731,6 +737,7 @@ class Backbone:
                 eos_token_id=eos,
                 pad_token_id=eos[0],
                 **kwargs,
+                **timing,
             )
         new_ids = tuple(int(t) for t in out[0].tolist())
         text = cut_at_stop(self.tokenizer.decode(list(new_ids), skip_special_tokens=True), stop_strings)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from lrs_plugin.backbone.adapter import Backbone, GenerationOutput
+    from lrs_plugin.harness.costs import StageClock
     from lrs_plugin.harness.record import FocusRecall
     from lrs_plugin.reducers._tiles import TileLimit
 
@@ -291,6 +292,7 @@ def greedy_decode(
     max_new_tokens: int,
     eos_token_ids: Sequence[int],
     should_stop: Callable[[list[int]], bool] | None = None,
+    on_first_token: Callable[[], None] | None = None,
 ) -> list[int]:
     """Greedy decoding from a pruned prefill with its per-layer cache (mutated in place).
 
@@ -305,6 +307,7 @@ def greedy_decode(
         eos_token_ids: Generation stops after emitting one of these (it is included in the result).
         should_stop: Optional predicate on the ids generated so far; generation stops after the first token for which
             it holds (it is included), e.g. :func:`lrs_plugin.backbone.stops.stop_criterion`.
+        on_first_token: Called once token 0 (the prefill's) is known, before any decoding step.
 
     Returns:
         The generated ids.
@@ -319,6 +322,8 @@ def greedy_decode(
     out: list[int] = []
     with torch.no_grad():
         token = int(lm_head(prefill.last_hidden[:, -1]).argmax(dim=-1)[0])
+        if on_first_token is not None:
+            on_first_token()
         for step in range(max_new_tokens):
             out.append(token)
             if token in eos or (should_stop is not None and should_stop(out)) or step == max_new_tokens - 1:
@@ -344,6 +349,7 @@ def generate_pruned(
     max_new_tokens: int,
     stop_strings: Sequence[str] | None = None,
     eos_token_ids: Sequence[int] | None = None,
+    clock: StageClock | None = None,
 ) -> tuple[GenerationOutput, PrefillResult]:
     """Pruned prefill + greedy decoding on ``backbone``, finished like :meth:`Backbone.generate`.
 
@@ -360,25 +366,31 @@ def generate_pruned(
         max_new_tokens: Upper bound on generated tokens.
         stop_strings: Strings that end generation (the task's ``until``).
         eos_token_ids: Stop ids; default the backbone's (``[tokenizer.eos_token_id]``, as ``generate``).
+        clock: Times the prefill (the drops included) up to the first token and the decoding after it, and measures
+            the pruned cache at the end of the prefill.
 
     Returns:
         ``(answer, prefill)``; the prefill's cache holds the decoded tokens too.
     """
     from lrs_plugin.backbone.adapter import GenerationOutput
     from lrs_plugin.backbone.stops import cut_at_stop, stop_criterion
+    from lrs_plugin.harness.costs import StageClock
 
     eos = list(eos_token_ids) if eos_token_ids else backbone._default_eos_ids()
     tokenizer = backbone.tokenizer
     lm = backbone.language_model
-    prefill = pruned_prefill(lm, inputs_embeds, image_span, stages, positions=positions)
-    ids = greedy_decode(
-        lm,
-        backbone.lm_head,
-        prefill,
-        max_new_tokens=max_new_tokens,
-        eos_token_ids=eos,
-        should_stop=stop_criterion(tokenizer, stop_strings),
-    )
+    clock = clock or StageClock()
+    with clock.generation():
+        prefill = pruned_prefill(lm, inputs_embeds, image_span, stages, positions=positions)
+        ids = greedy_decode(
+            lm,
+            backbone.lm_head,
+            prefill,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=eos,
+            should_stop=stop_criterion(tokenizer, stop_strings),
+            on_first_token=lambda: clock.first_token(prefill.cache),
+        )
     text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings)
     return GenerationOutput(text=text, new_token_ids=tuple(ids), num_new_tokens=len(ids)), prefill
 
@@ -419,10 +431,11 @@ class InLLMReducer:
         doc: Mapping[str, Any],
         max_new_tokens: int,
         stop_strings: Sequence[str] | None = None,
+        clock: StageClock | None = None,
     ) -> ReducerOutput:
-        """Answer one question, dropping image tokens inside the LLM."""
+        """Answer one question, dropping image tokens inside the LLM (their ranking is timed as ``llm_prefill``)."""
         with borrow_image(image) as source:
-            vision, tiles = self.vision.get(source)
+            vision, tiles = self.vision.get(source, clock)
             image_wh = source.size
         prefix, suffix = self.backbone.split_prompt(question)
         embeds, span = self.backbone.assemble(prefix, vision, suffix)
@@ -435,6 +448,7 @@ class InLLMReducer:
             positions=self.positions,
             max_new_tokens=max_new_tokens,
             stop_strings=stop_strings,
+            clock=clock,
         )
         record = dataclasses.replace(
             knobs,
