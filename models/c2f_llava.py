@@ -237,22 +237,14 @@ class C2FLlava(lmms):
     def _answer_text_only(
         self, context: str, max_new_tokens: int, stop_strings: tuple[str, ...], clock: StageClock
     ) -> Any:
-        """Answer a request that holds no image with the language model alone (recorded as ``text_only``)."""
-        from lrs_plugin.reducers.base import ReducerOutput
+        """Answer a request that holds no image as ``reducer=blind`` does (recorded as ``text_only``)."""
+        from lrs_plugin.reducers.blind import answer_without_image
 
-        ids = self.backbone.text_prompt_ids(context)
-        embeds = self.backbone.embed_ids(ids).unsqueeze(0)
-        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock)
-        record = SampleRecord(
-            text_only=True,
-            tiles_encoded=0,
-            vision_tokens_encoded=0,
-            vision_tokens_to_llm=0,
-            llm_input_len=int(embeds.shape[1]),
-            new_tokens=out.num_new_tokens,
-            focus_passes=[],
+        out = answer_without_image(
+            self.backbone, context, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock
         )
-        return ReducerOutput(text=out.text, record=record)
+        out.record.text_only = True
+        return out
 
     def _open_resume_store(self) -> ResumeStore | None:
         """This rank's resume store (rank and world size as lmms-eval set them), or ``None`` when resume is off.
