@@ -219,6 +219,21 @@ def test_without_clear_refs_the_cpu_falls_back_to_ru_maxrss(monkeypatch, tmp_pat
     assert peak.peak_bytes > 0 and peak.growth_bytes >= 0 and peak.method == "ru_maxrss"
 
 
+def test_an_unreadable_memory_counter_leaves_the_answer_and_records_no_memory(monkeypatch):
+    memory = PeakMemory(None)
+    if memory.method != "linux_vmhwm":
+        pytest.skip("/proc/self/clear_refs is not writable here")
+
+    def unreadable(key: str) -> int:
+        raise OSError(f"/proc/self/status has no {key}")
+
+    monkeypatch.setattr(costs, "_status_bytes", unreadable)
+    assert memory.stop() is None
+    record = SampleRecord()
+    record_costs(record, StageClock(), memory)
+    assert record.latency_s >= 0.0 and record.peak_memory_bytes is None and record.peak_memory_method is None
+
+
 def test_record_costs_fills_every_measured_field():
     clock, memory, record = StageClock(), PeakMemory(None), SampleRecord()
     with clock.generation():
