@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -198,11 +199,12 @@ class C2FLlava(lmms):
         from lrs_plugin.flops.accounting import sample_tflops
 
         self._check_greedy(gen_kwargs)
-        memory = PeakMemory(self._device)
-        clock = StageClock(self._device)  # one per question: stage times, TTFT, KV bytes (lrs_plugin.harness.costs)
+        start = time.perf_counter()
         step = "read"
         image, owned = None, False
         try:
+            memory = PeakMemory(self._device)
+            clock = StageClock(self._device)  # one per question: stage times, TTFT, KV bytes (lrs_plugin.harness.costs)
             with clock.stage("image_read"):
                 if callable(visuals):
                     visuals = visuals(doc)
@@ -228,7 +230,9 @@ class C2FLlava(lmms):
             return out.text, record
         except Exception as exc:  # noqa: BLE001 - one broken sample must not end a multi-hour run
             logger.opt(exception=True).error("c2f_llava: {} failed ({}): {}", name, step, exc)
-            failure = SampleRecord(error=f"{type(exc).__name__}: {exc}", error_step=step, latency_s=clock.elapsed())
+            failure = SampleRecord(
+                error=f"{type(exc).__name__}: {exc}", error_step=step, latency_s=time.perf_counter() - start
+            )
             return "", failure
         finally:
             if owned:

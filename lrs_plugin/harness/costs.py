@@ -122,6 +122,8 @@ class StageClock:
     def stage(self, name: str) -> Iterator[None]:
         """Charge the block's time to ``name`` (one of :data:`STAGES`), minus the stages opened inside it.
 
+        A block that raises records nothing (the question failed; its error propagates unchanged).
+
         Raises:
             ValueError: ``name`` is not a stage.
         """
@@ -131,30 +133,30 @@ class StageClock:
         self._children.append(0.0)
         try:
             yield
-        finally:
-            total = self.now() - begin
-            inner = self._children.pop()
-            self.seconds[name] += max(total - inner, 0.0)
-            if self._children:
-                self._children[-1] += total
+        except BaseException:
+            self._children.pop()  # a failed question's stages are not recorded; never mask its error
+            raise
+        total = self.now() - begin
+        inner = self._children.pop()
+        self.seconds[name] += max(total - inner, 0.0)
+        if self._children:
+            self._children[-1] += total
 
     @contextlib.contextmanager
     def generation(self) -> Iterator[None]:
         """Time one generation: ``llm_prefill`` up to :meth:`first_token`, ``llm_decode`` after it.
 
-        Without a first-token stamp the whole block is prefill.
+        Without a first-token stamp the whole block is prefill. A block that raises records nothing.
         """
         begin = self.now()
         self._generation_first = None
-        try:
-            yield
-        finally:
-            end = self.now()
-            first = end if self._generation_first is None else self._generation_first
-            self.seconds["llm_prefill"] += first - begin
-            self.seconds["llm_decode"] += end - first
-            if self._children:
-                self._children[-1] += end - begin
+        yield
+        end = self.now()
+        first = end if self._generation_first is None else self._generation_first
+        self.seconds["llm_prefill"] += first - begin
+        self.seconds["llm_decode"] += end - first
+        if self._children:
+            self._children[-1] += end - begin
 
     def first_token(self, cache: Any = None) -> None:
         """Stamp the first token of the running generation; ``cache`` (its KV cache, prefill only) is measured.

@@ -63,6 +63,17 @@ def test_generation_splits_at_the_first_token_and_stamps_ttft_once(monkeypatch):
     assert clock.ttft_s == 3.0
 
 
+def test_a_block_that_raises_records_nothing_and_keeps_its_error():
+    clock = StageClock()
+    with pytest.raises(KeyError, match="boom"):
+        with clock.stage("focus"), clock.stage("vision_encode"), clock.generation():
+            raise KeyError("boom")
+    assert set(clock.seconds.values()) == {0.0} and clock.ttft_s is None
+    with clock.stage("focus"):  # the clock still works afterwards
+        pass
+    assert clock.seconds["focus"] >= 0.0
+
+
 def test_an_unknown_stage_is_refused_naming_the_stages():
     with pytest.raises(ValueError, match=r"unknown stage 'prefill'; valid: image_read, vision_encode, focus, llm_"):
         with StageClock().stage("prefill"):
