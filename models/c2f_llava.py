@@ -26,39 +26,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
 
-from lrs_plugin.backbone.stops import cut_at_stop, stop_strings_of
+from lrs_plugin.backbone.stops import cut_at_stop
 from lrs_plugin.harness.costs import PeakMemory, StageClock, record_costs
 from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE, FocusRecall, SampleRecord, sample_key
+from lrs_plugin.harness.requests import rank_device, request_image, request_image_path, request_stop_strings
 from lrs_plugin.harness.resume import ResumeStore, ResumeStoreError, answer_key, settings_fingerprint
 from lrs_plugin.harness.settings import parse_model_args
-
-if TYPE_CHECKING:
-    from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["C2FLlava"]
 
 DEFAULT_MAX_NEW_TOKENS = 32
-
-
-def _rank_device(accelerator: Any, requested: str | None) -> str:
-    """The device of this process, as a string torch and the collectives accept.
-
-    The requested one (a bare ``cuda`` becomes the rank's GPU when several processes run), else the rank's CUDA device
-    when accelerate uses CUDA, else the CPU (also with ``ACCELERATE_USE_CPU=true`` on a GPU machine: gloo).
-    """
-    if requested:
-        if requested == "cuda" and accelerator.num_processes > 1:
-            return f"cuda:{accelerator.local_process_index}"
-        return requested
-    if accelerator.device.type == "cuda":
-        return f"cuda:{accelerator.local_process_index}"
-    return "cpu"
 
 
 KEEP_ALL_REDUCERS = ("none", "anyres", "downsample")
@@ -102,7 +85,7 @@ class C2FLlava(lmms):
         self.accelerator = accelerator
         self._rank = accelerator.process_index  # global rank: correct across nodes
         self._world_size = accelerator.num_processes
-        self._device = _rank_device(accelerator, self.settings.device)
+        self._device = rank_device(accelerator, self.settings.device)
         s = self.settings
         self.backbone = Backbone.from_pretrained(
             s.pretrained,
@@ -149,40 +132,6 @@ class C2FLlava(lmms):
             logger.warning("c2f_llava decodes greedily for every method (fair comparison); sampling kwargs ignored")
             self._warned_sampling = True
 
-    # ------------------------------------------------------------------------------------------ one request
-    def _image_for(self, visuals: Any, doc: Mapping[str, Any]) -> tuple[LargeImage | None, bool]:
-        """The request's one image (``None`` for a text-only request) and whether the caller must close it.
-
-        An in-memory image is the caller's, to close after the request; an image file belongs to the model's cache.
-        ``visuals`` is what the task's ``doc_to_visual(doc)`` returned: a PIL image (eager or lazy), a path, an
-        array, or a list of one of them. An empty list falls back to the document's ``image_path`` (so a missing file
-        is recorded as such) or its ``image_error``. Image files are kept open in the model's cache (questions come
-        grouped by image); in-memory images are opened for this request only.
-
-        Raises:
-            MultipleImagesError: more than one image (no registered reducer takes several).
-            ImageReadError: the image cannot be read (names the file and the reason).
-        """
-        from lrs_plugin.errors import ImageReadError, MultipleImagesError
-        from lrs_plugin.imagery.large_image import file_of, open_image
-
-        items = list(visuals) if isinstance(visuals, (list, tuple)) else ([] if visuals is None else [visuals])
-        if len(items) > 1:
-            raise MultipleImagesError(
-                f"the request holds {len(items)} images; reducer {self.settings.reducer!r} (like every registered "
-                "reducer) answers about exactly one image"
-            )
-        if not items:
-            if doc.get("image_error"):
-                raise ImageReadError(str(doc["image_error"]))
-            if not doc.get("image_path"):
-                return None, False
-            items = [doc["image_path"]]
-        path = file_of(items[0])
-        if path is not None:  # one decode serves every question on the file
-            return self.images.get(path), False
-        return open_image(items[0]), True
-
     def _answer(
         self,
         doc: Mapping[str, Any],
@@ -208,7 +157,7 @@ class C2FLlava(lmms):
             with clock.stage("image_read"):
                 if callable(visuals):
                     visuals = visuals(doc)
-                image, owned = self._image_for(visuals, doc)
+                image, owned = request_image(visuals, doc, self.images, self.settings.reducer)
                 if image is not None:
                     image.load()  # decode now (every method needs the pixels): a broken file is a read failure
             step = "answer"
@@ -275,14 +224,6 @@ class C2FLlava(lmms):
         )
         return store
 
-    def _stop_strings(self, gen_kwargs: Mapping[str, Any], name: str) -> tuple[str, ...]:
-        """The request's stop strings (its ``until``); a malformed ``until`` is logged and none are used."""
-        try:
-            return stop_strings_of(gen_kwargs.get("until"))
-        except Exception as exc:  # noqa: BLE001 - a task bug: keep the whole answer, as a run without until would
-            logger.error("c2f_llava: {}: cannot use until={!r}: {}", name, gen_kwargs.get("until"), exc)
-            return ()
-
     def _one(self, request: Any, store: ResumeStore | None) -> tuple[GenerationResult, SampleRecord, bool]:
         """Answer one request; ``(result, record, generated?)``.
 
@@ -301,7 +242,7 @@ class C2FLlava(lmms):
             logger.opt(exception=True).error("c2f_llava: {}: cannot read the document: {}", name, exc)
             failure = SampleRecord(error=f"{type(exc).__name__}: {exc}", error_step="document")
             return GenerationResult(text=""), failure, True
-        stops = self._stop_strings(gen_kwargs, name)
+        stops = request_stop_strings(gen_kwargs, name)
         key = None
         found = None
         if store is not None:
@@ -346,25 +287,6 @@ class C2FLlava(lmms):
         counts = TokenCounts(input_tokens=record.llm_input_len, output_tokens=record.new_tokens)
         return GenerationResult(text=text, token_counts=counts), record, fresh
 
-    def _image_path_of(self, request: Any, columns: dict[tuple[str, str], list[Any] | None]) -> str:
-        """The request's ``doc["image_path"]`` ("" when none), to answer the questions on one file in a row.
-
-        From a ``datasets`` split only that column is read, once per split (``columns`` caches it): indexing a row
-        would decode its images. Other containers (lists of documents) are indexed directly.
-        """
-        _context, _gen, _visual, doc_id, task, split = request.args
-        try:
-            docs = self.task_dict[task][split]
-            names = getattr(docs, "column_names", None)
-            if names is None:  # not a datasets split
-                return str(docs[doc_id].get("image_path") or "")
-            if (task, split) not in columns:
-                columns[(task, split)] = list(docs["image_path"]) if "image_path" in names else None
-            column = columns[(task, split)]
-            return str(column[doc_id] or "") if column is not None else ""
-        except Exception:  # noqa: BLE001 - reported when the request is answered
-            return ""
-
     def generate_until(self, requests: list) -> list[GenerationResult]:
         """Answer every request, grouped by image file (each decoded once), in the original order.
 
@@ -377,7 +299,9 @@ class C2FLlava(lmms):
         from lrs_plugin.flops.accounting import EfficiencyTally
 
         columns: dict[tuple[str, str], list[Any] | None] = {}
-        order = sorted(range(len(requests)), key=lambda i: (self._image_path_of(requests[i], columns), i))
+        order = sorted(
+            range(len(requests)), key=lambda i: (request_image_path(self.task_dict, requests[i], columns), i)
+        )
         results: list[GenerationResult | None] = [None] * len(requests)
         tally = EfficiencyTally()
         store = None

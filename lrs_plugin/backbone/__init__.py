@@ -1,8 +1,9 @@
 """The adapter over transformers' own LLaVA / LLaVA-NeXT classes, and everything about their inputs.
 
-Loading and generating (:mod:`.adapter`), the task's stop strings applied once during generation (:mod:`.stops`), anyres
-geometry (:mod:`.anyres`), prompt tokenization and chat templates
-(:mod:`.prompt`, :mod:`.chat_templates`), the vision-tower probe (:mod:`.vision_probe`), token cells
+Loading and the config's dimensions (:mod:`.adapter`), its vision half: tiles to projected tokens (:mod:`.encode`),
+its language half: prompt, ``inputs_embeds`` and greedy generation (:mod:`.language`), the task's stop strings
+applied once during generation (:mod:`.stops`), anyres geometry (:mod:`.anyres`), prompt tokenization and chat
+templates (:mod:`.prompt`, :mod:`.chat_templates`), the vision-tower probe (:mod:`.vision_probe`), token cells
 (:mod:`.token_cells`), tiny test checkpoints (:mod:`.tiny`) and the original-layout converter (:mod:`.convert`).
 """
 
@@ -11,13 +12,13 @@ from lrs_plugin._lazy import lazy_exports
 _EXPORTS = {
     "ATTN_IMPLEMENTATIONS": "adapter",
     "DTYPES": "adapter",
-    "IMAGE_TOKEN": "adapter",
+    "IMAGE_TOKEN": "language",
     "SUPPORTED_ARCHS": "adapter",
     "SUPPORTED_TEXT_MODELS": "adapter",
-    "VICUNA_CHAT_TEMPLATE": "adapter",
+    "VICUNA_CHAT_TEMPLATE": "language",
     "VISION_DTYPES": "adapter",
     "Backbone": "adapter",
-    "GenerationOutput": "adapter",
+    "GenerationOutput": "language",
     "cut_at_stop": "stops",
     "stop_criterion": "stops",
     "stop_strings_of": "stops",

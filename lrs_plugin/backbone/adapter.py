@@ -1,4 +1,4 @@
-"""Adapter over transformers' own LLaVA classes: encode tiles, build ``inputs_embeds``, generate.
+"""Adapter over transformers' own LLaVA classes: loading, config checks and the dimensions every method reads.
 
 :class:`Backbone` wraps a ``LlavaForConditionalGeneration`` (LLaVA-1.5 layout) or a
 ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: anyres tiles, ``image_newline``) whose text model is Llama or
@@ -9,25 +9,25 @@ The plain backbone (``reducer=none``) is ``assemble(*split_prompt(q)...)`` with 
 followed by :meth:`Backbone.generate`; it reproduces lmms-eval's ``llava_hf`` prompt and greedy decoding, so both
 give the same answer on the same checkpoint. Pruning methods replace the vision embeddings (pre-LLM reducers) or run
 the decoder layers themselves (in-LLM reducers) through :attr:`Backbone.language_model`.
+
+This module loads the model and reads its config; the vision half (normalise, encode, pool, the processor's tiles,
+the stock vision tokens) is :class:`~lrs_plugin.backbone.encode.VisionMixin`, the language half (prompt, assembly,
+logits, generation) :class:`~lrs_plugin.backbone.language.LanguageMixin`; both are mixed into :class:`Backbone`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.backbone.checkpoint_source import resolve_pretrained
+from lrs_plugin.backbone.encode import VisionMixin
+from lrs_plugin.backbone.language import IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE, GenerationOutput, LanguageMixin
 from lrs_plugin.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
-    from PIL import Image
-
-    from lrs_plugin.harness.costs import StageClock
 
 __all__ = [
     "ATTN_IMPLEMENTATIONS",
@@ -55,34 +55,6 @@ VISION_DTYPES = ("float32", "float16", "bfloat16")
 
 DTYPES = ("auto", *VISION_DTYPES)
 """Valid ``dtype`` strings (``"auto"`` keeps the checkpoint's dtype); also ``lrs-plugin convert --dtype``."""
-
-IMAGE_TOKEN = "<image>"
-"""Image placeholder in prompts, as lmms-eval's ``llava_hf`` writes it."""
-
-# lmms-eval 0.7.3 ``models/simple/llava_hf.py``: the template it installs when the tokenizer has none.
-VICUNA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.index0 == 0 %}A chat between a curious user and an artificial "
-    "intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. "
-    "USER: {{ message['content'] }} {% elif message['role'] == 'user' %}USER: {{ message['content'] }} {% else %} "
-    "ASSISTANT: {{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
-    "{{ 'ASSISTANT:' }}{% endif %}"
-)
-
-
-@dataclass(frozen=True)
-class GenerationOutput:
-    """One greedy answer.
-
-    Attributes:
-        text: Decoded new tokens (special tokens skipped), cut before the first stop string if any, stripped.
-        new_token_ids: Generated token ids, the EOS or the token completing a stop string included (none after it).
-        num_new_tokens: ``len(new_token_ids)``.
-
-    """
-
-    text: str
-    new_token_ids: tuple[int, ...]
-    num_new_tokens: int
 
 
 def _torch_dtype(value: object, option: str, valid: tuple[str, ...], hint: str = "") -> Any:
@@ -149,7 +121,7 @@ def _resolve_attn(attn_implementation: str | None, device: str) -> str:
     return attn_implementation
 
 
-class Backbone:
+class Backbone(VisionMixin, LanguageMixin):
     """A loaded LLaVA / LLaVA-NeXT model with its processor, seen through the pieces pruning methods need.
 
     Build it with :meth:`from_pretrained`. ``C`` below is the text hidden size, ``S`` the tile size in pixels,
@@ -359,386 +331,3 @@ class Backbone:
     def image_std(self) -> tuple[float, ...]:
         """Per-channel standard deviation of the image processor (in ``[0, 1]`` units)."""
         return tuple(float(v) for v in self.processor.image_processor.image_std)
-
-    # ------------------------------------------------------------------------------------------------- vision
-    def normalize_tiles(self, tiles_uint8: np.ndarray) -> torch.Tensor:
-        """Turn RGB tiles into vision-tower inputs with the processor's rescale / mean / std (no resizing).
-
-        Args:
-            tiles_uint8: ``[n, S, S, 3]`` uint8 array.
-
-        Returns:
-            ``[n, 3, S, S]`` float32 tensor on the CPU, computed as the processor computes it.
-
-        Raises:
-            ConfigError: wrong dtype or shape.
-
-        """
-        import numpy as np
-        import torch
-
-        s = self.tile_size
-        if tiles_uint8.dtype != np.uint8 or tiles_uint8.ndim != 4 or tiles_uint8.shape[1:] != (s, s, 3):
-            raise ConfigError(
-                f"tiles must be uint8 [n, {s}, {s}, 3]; got {tiles_uint8.dtype} {list(tiles_uint8.shape)}"
-            )
-        ip = self.processor.image_processor
-        x = torch.from_numpy(np.ascontiguousarray(tiles_uint8)).permute(0, 3, 1, 2).to(torch.float32)
-        scale = float(ip.rescale_factor) if ip.do_rescale else 1.0
-        if ip.do_normalize:
-            # The processor fuses rescale and normalize: (x - mean / scale) / (std / scale).
-            mean = torch.tensor(self.image_mean) * (1.0 / scale)
-            std = torch.tensor(self.image_std) * (1.0 / scale)
-            return (x - mean[:, None, None]) / std[:, None, None]
-        return x * scale
-
-    def encode_tiles(self, pixel_values: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
-        """Vision tower -> feature layer -> select strategy -> projector, in chunks of ``tile_batch_size``.
-
-        The same computation as the model's ``get_image_features`` for one tile per image.
-
-        Args:
-            pixel_values: ``[n, 3, S, S]`` normalized tiles (any float dtype / device).
-            grad: Keep the autograd graph (training the towers, :mod:`lrs_plugin.testbed.train`); default off.
-
-        Returns:
-            ``[n, T, C]`` projected features in the projector's dtype, on the model device. The tower runs in its
-            own dtype (:attr:`vision_dtype`); its features are cast to :attr:`projector_dtype` before the projector.
-
-        Raises:
-            ConfigError: wrong shape.
-
-        """
-        import torch
-
-        s = self.tile_size
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, s, s):
-            raise ConfigError(f"pixel_values must be [n, 3, {s}, {s}]; got {list(pixel_values.shape)}")
-        inner = self.model.model
-        layer = self.config.vision_feature_layer
-        vision_param = next(inner.vision_tower.parameters())
-        projector_dtype = self.projector_dtype
-        chunks = []
-        with torch.set_grad_enabled(grad):
-            for start in range(0, pixel_values.shape[0], self.tile_batch_size):
-                chunk = pixel_values[start : start + self.tile_batch_size].to(vision_param.device, vision_param.dtype)
-                states = inner.vision_tower(chunk, output_hidden_states=True, return_dict=True).hidden_states
-                layers = [layer] if isinstance(layer, int) else list(layer)
-                feats = [states[i] for i in layers]
-                if self.config.vision_feature_select_strategy == "default":
-                    feats = [f[:, self._num_prefix_tokens :] for f in feats]
-                chunks.append(inner.multi_modal_projector(torch.cat(feats, dim=-1).to(projector_dtype)))
-        if not chunks:
-            return torch.empty(0, self.tokens_per_tile, self.hidden_size, device=self.device, dtype=projector_dtype)
-        return torch.cat(chunks, dim=0).to(self.device)
-
-    def pool2x2(self, features: torch.Tensor) -> torch.Tensor:
-        """Average 2x2 neighbouring patches of square patch grids, refusing odd ones.
-
-        :func:`lrs_plugin.backbone.anyres.pool_tiles` ``"average"`` (the one 2x2 pooling), which on an odd grid would
-        drop the last row and column.
-
-        Args:
-            features: ``[n, g*g, C]`` tokens in raster order, ``g`` even (no CLS token).
-
-        Returns:
-            ``[n, (g/2)**2, C]``.
-
-        Raises:
-            ConfigError: the token count is not an even square.
-
-        """
-        import math
-
-        from lrs_plugin.backbone.anyres import pool_tiles
-
-        t = features.shape[1]
-        g = math.isqrt(t)
-        if g * g != t or g % 2:
-            raise ConfigError(f"pool2x2 needs an even square patch grid; got {t} tokens per tile")
-        return pool_tiles(features, "average")
-
-    def image_crops(
-        self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None
-    ) -> tuple[torch.Tensor, tuple[int, int] | None]:
-        """The processor's own tiles of ``image``, before the vision tower.
-
-        Args:
-            image: An RGB PIL image.
-            grid_pinpoints: LLaVA-NeXT only: anyres resolutions ``[[h, w], ...]`` to use instead of the checkpoint's
-                (passed to this call of the image processor; nothing shared is changed). ``None`` keeps the
-                checkpoint's.
-
-        Returns:
-            ``(pixel_values [n, 3, S, S], grid)`` on the CPU: LLaVA-1.5 gives one tile and ``grid=None``; LLaVA-NeXT
-            gives the base image then the ``rows x cols`` grid tiles in raster order, ``grid=(rows, cols)``.
-
-        Raises:
-            ConfigError: ``grid_pinpoints`` given for a LLaVA-1.5 checkpoint.
-
-        """
-        from lrs_plugin.backbone.anyres import grid_shape
-
-        if grid_pinpoints is not None and self.arch != "llava_next":
-            raise ConfigError(f"grid_pinpoints need a LLaVA-NeXT checkpoint; this one is {self.arch!r}")
-        kwargs: dict[str, Any] = {}
-        pinpoints = None
-        if self.arch == "llava_next":
-            # Always the same list for the processor and the grid below (the model config's unless given), so a
-            # processor config that disagrees with the model config cannot desynchronise the tile count.
-            pinpoints = grid_pinpoints if grid_pinpoints is not None else self.config.image_grid_pinpoints
-            kwargs["image_grid_pinpoints"] = [[int(h), int(w)] for h, w in pinpoints]
-        out = self.processor.image_processor(images=[image], return_tensors="pt", **kwargs)
-        s = self.tile_size
-        pixel_values = out["pixel_values"].reshape(-1, 3, s, s)
-        if pinpoints is None:
-            return pixel_values, None
-        rows, cols = grid_shape((image.height, image.width), pinpoints, s)
-        return pixel_values[: 1 + rows * cols], (rows, cols)
-
-    def plain_vision_embeds(self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None) -> torch.Tensor:
-        """Return the vision tokens the stock model inserts for ``image`` (processor + ``get_image_features``).
-
-        For LLaVA-NeXT this includes the anyres tiles, unpadding and ``image_newline`` tokens, all done by
-        transformers itself.
-
-        When the vision tower runs in another dtype than the projector (``vision_dtype``), transformers'
-        ``get_image_features`` cannot be used (it feeds the tower's output to the projector uncast), so the same
-        computation runs through :meth:`image_crops`, :meth:`encode_tiles` (which casts the features) and, for
-        LLaVA-NeXT, :func:`lrs_plugin.backbone.anyres.pack_anyres` with the checkpoint's pinpoints.
-
-        Args:
-            image: An RGB PIL image.
-            grid_pinpoints: LLaVA-NeXT only: anyres resolutions ``[[h, w], ...]`` to use instead of the checkpoint's
-                (e.g. from :func:`lrs_plugin.backbone.anyres.anyres_pinpoints`). The tiles then come from
-                :meth:`image_crops` and :meth:`encode_tiles` and are laid out by
-                :func:`lrs_plugin.backbone.anyres.pack_anyres`, the same layout as the stock path; neither the model
-                config nor the processor is changed. ``None`` runs the stock path itself (when the tower and projector
-                dtypes agree).
-
-        Returns:
-            ``[N, C]`` in the embedding dtype, on the model device.
-
-        Raises:
-            ConfigError: ``grid_pinpoints`` given for a LLaVA-1.5 checkpoint.
-
-        """
-        import torch
-
-        embed_dtype = self.language_model.get_input_embeddings().weight.dtype
-        pool = self.anyres_tile_pool
-        if grid_pinpoints is not None or pool is not None or self.vision_dtype != self.projector_dtype:
-            pixel_values, grid = self.image_crops(image, grid_pinpoints)  # refuses pinpoints on LLaVA-1.5
-            tiles = self.encode_tiles(pixel_values)
-            if grid is None:  # LLaVA-1.5: the single tile's tokens
-                return tiles.reshape(-1, tiles.shape[-1]).to(self.device, embed_dtype)
-            from lrs_plugin.backbone.anyres import pack_anyres
-
-            with torch.no_grad():  # image_newline is a parameter: no autograd graph
-                packed = pack_anyres(
-                    tiles[0], tiles[1:], grid, (image.height, image.width), self.image_newline, tile_pool=pool
-                )
-            return packed.to(self.device, embed_dtype)
-        inputs = self.processor(images=[image], text=[IMAGE_TOKEN], return_tensors="pt")
-        kwargs = {"pixel_values": inputs["pixel_values"].to(self.device, self.vision_dtype)}
-        if "image_sizes" in inputs:
-            kwargs["image_sizes"] = inputs["image_sizes"].to(self.device)
-        with torch.no_grad():
-            feats = self.model.model.get_image_features(**kwargs, return_dict=True).pooler_output
-        return torch.cat(list(feats), dim=0).to(self.device, embed_dtype)
-
-    # ------------------------------------------------------------------------------------------------- prompt
-    def build_prompt(self, question: str) -> str:
-        r"""Return the chat-templated prompt for one image, built as lmms-eval's ``llava_hf`` builds it.
-
-        ``<image>\n`` is prepended when the question has no placeholder; the message content is a plain string;
-        the tokenizer's chat template is used, or ``llava_hf``'s Vicuna template when the tokenizer has none.
-
-        Args:
-            question: The question text (may contain one ``<image>``).
-
-        Returns:
-            The prompt, ending with the assistant header.
-
-        """
-        return self._chat_prompt(question if IMAGE_TOKEN in question else f"{IMAGE_TOKEN}\n{question}")
-
-    def _chat_prompt(self, content: str) -> str:
-        """One user turn in the tokenizer's chat template (``llava_hf``'s Vicuna template when it has none)."""
-        template = self.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], chat_template=template, tokenize=False, add_generation_prompt=True
-        )
-
-    def text_prompt_ids(self, question: str) -> torch.Tensor:
-        """Token ids of the prompt for a request without an image, built as ``llava_hf`` builds it for text-only docs.
-
-        The same chat template as :meth:`build_prompt`, with no ``<image>`` line added; a placeholder written in the
-        question itself is removed (there is no image to put there).
-
-        Args:
-            question: The question text.
-
-        Returns:
-            ``[L]`` LongTensor on the CPU, with no image token.
-        """
-        import torch
-
-        text = self._chat_prompt(question.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, ""))
-        return self.tokenizer(text, return_tensors="pt")["input_ids"][0].to(torch.long)
-
-    def split_prompt(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize the prompt of :meth:`build_prompt` in two chunks around the image placeholder.
-
-        The released runners' rule (:mod:`lrs_plugin.backbone.prompt`): equal to tokenizing the whole prompt on
-        byte-level BPE tokenizers, and the ids the released model saw on SentencePiece ones whatever their ``legacy``
-        setting.
-
-        Args:
-            question: The question text (at most one ``<image>``).
-
-        Returns:
-            ``(prefix_ids [P], suffix_ids [Q])`` LongTensors on the CPU: the tokens before and after the single
-            ``<image>`` token (BOS, if the tokenizer adds one, is in the prefix).
-
-        Raises:
-            ConfigError: the prompt does not hold exactly one image placeholder.
-
-        """
-        import torch
-
-        from lrs_plugin.backbone.prompt import chunked_image_ids
-
-        prefix, suffix = chunked_image_ids(self.tokenizer, self.build_prompt(question), IMAGE_TOKEN)
-        return torch.tensor(prefix, dtype=torch.long), torch.tensor(suffix, dtype=torch.long)
-
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings of the language model.
-
-        Args:
-            ids: ``[L]`` token ids.
-
-        Returns:
-            ``[L, C]`` on the model device.
-
-        """
-        import torch
-
-        with torch.no_grad():
-            return self.language_model.get_input_embeddings()(ids.to(self.device))
-
-    def assemble(
-        self, prefix_ids: torch.Tensor, vision_embeds: torch.Tensor, suffix_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, slice]:
-        """Build the LLM input: prefix tokens, vision tokens, suffix tokens.
-
-        Args:
-            prefix_ids: ``[P]`` token ids before the image.
-            vision_embeds: ``[N, C]`` vision tokens (cast to the embedding dtype, as transformers does).
-            suffix_ids: ``[Q]`` token ids after the image.
-
-        Returns:
-            ``(inputs_embeds [1, P + N + Q, C], image_span)`` where ``image_span = slice(P, P + N)``.
-
-        Raises:
-            ConfigError: ``vision_embeds`` is not ``[N, C]`` with ``C`` the text hidden size.
-
-        """
-        import torch
-
-        if vision_embeds.ndim != 2 or vision_embeds.shape[-1] != self.hidden_size:
-            raise ConfigError(
-                f"vision_embeds must be [N, {self.hidden_size}] (text hidden size); got {list(vision_embeds.shape)}"
-            )
-        prefix = self.embed_ids(prefix_ids)
-        suffix = self.embed_ids(suffix_ids)
-        vision = vision_embeds.to(prefix.device, prefix.dtype)
-        span = slice(prefix.shape[0], prefix.shape[0] + vision.shape[0])
-        return torch.cat([prefix, vision, suffix], dim=0).unsqueeze(0), span
-
-    # --------------------------------------------------------------------------------------------- language
-    def logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """One full forward pass of the language model and head.
-
-        Args:
-            inputs_embeds: ``[1, L, C]``.
-
-        Returns:
-            ``[1, L, vocab]`` logits.
-
-        """
-        import torch
-
-        mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        with torch.no_grad():
-            return self.model(inputs_embeds=inputs_embeds, attention_mask=mask).logits
-
-    def _default_eos_ids(self) -> list[int]:
-        """``[tokenizer.eos_token_id]`` as ``llava_hf`` passes it; the generation config's EOS ids if it has none."""
-        if self.tokenizer.eos_token_id is not None:
-            return [int(self.tokenizer.eos_token_id)]
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            raise ConfigError(
-                "neither the tokenizer nor the generation config defines an EOS token; pass eos_token_ids"
-            )
-        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-
-    def generate(
-        self,
-        inputs_embeds: torch.Tensor,
-        *,
-        max_new_tokens: int,
-        eos_token_ids: list[int] | None = None,
-        stop_strings: Sequence[str] | None = None,
-        clock: StageClock | None = None,
-    ) -> GenerationOutput:
-        """Greedy decoding from ``inputs_embeds`` with transformers' ``generate`` and its KV cache.
-
-        Args:
-            inputs_embeds: ``[1, L, C]``, e.g. from :meth:`assemble`.
-            max_new_tokens: Upper bound on generated tokens.
-            eos_token_ids: Stop ids; default ``[tokenizer.eos_token_id]`` (what ``llava_hf`` passes), else the
-                generation config's EOS ids.
-            stop_strings: Strings that end generation (the task's ``until``): ``generate`` stops after the token with
-                which the answer first contains one, and the text is cut before it (:mod:`lrs_plugin.backbone.stops`).
-            clock: Times the prefill (up to the first token) and the decoding, and measures the KV cache at the end of
-                the prefill (:func:`lrs_plugin.harness.costs.measured_generation`); the tokens are the same.
-
-        Returns:
-            The decoded answer and the generated ids.
-
-        Raises:
-            ConfigError: ``max_new_tokens < 1`` or a batch size other than 1.
-
-        """
-        import torch
-
-        from lrs_plugin.backbone.stops import cut_at_stop, stopping_criteria
-        from lrs_plugin.harness.costs import measured_generation
-
-        if int(max_new_tokens) < 1:
-            raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
-        if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
-            raise ConfigError(f"inputs_embeds must be [1, L, C]; got {list(inputs_embeds.shape)}")
-        eos = list(eos_token_ids) if eos_token_ids else self._default_eos_ids()
-        kwargs: dict[str, Any] = {}
-        criteria = stopping_criteria(self.tokenizer, stop_strings)
-        if criteria is not None:
-            kwargs["stopping_criteria"] = criteria
-        mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        with torch.no_grad(), measured_generation(clock, self.model) as timing:
-            out = self.model.generate(
-                inputs_embeds=inputs_embeds,
-                attention_mask=mask,
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=int(max_new_tokens),
-                eos_token_id=eos,
-                pad_token_id=eos[0],
-                **kwargs,
-                **timing,
-            )
-        new_ids = tuple(int(t) for t in out[0].tolist())
-        text = cut_at_stop(self.tokenizer.decode(list(new_ids), skip_special_tokens=True), stop_strings)
-        return GenerationOutput(text=text, new_token_ids=new_ids, num_new_tokens=len(new_ids))

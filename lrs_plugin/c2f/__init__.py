@@ -28,6 +28,9 @@ _EXPORTS = {
     "vote_tiles": "pyramid",
     "vote_tiles_exact": "pyramid",
     "draw_focus": "visualize",
+    "draw_geometry": "visualize",
+    "draw_record": "visualize",
+    "focus_picture": "visualize",
     "visualize": "visualize",
 }
 __all__ = sorted(_EXPORTS)

@@ -4,7 +4,9 @@
 question, zoom into the next level's voted tiles only, score that grid (placeholders masked), keep the best tokens
 and answer from ``prefix | thumbnail | separator | kept tokens | suffix``. Every knob lives in :class:`C2FConfig`
 with the released defaults; docs/c2f.md lists each difference from the original code. The steps are pure functions
-in :mod:`lrs_plugin.c2f.grid` (re-exported here).
+in :mod:`lrs_plugin.c2f.grid` (re-exported here). The module is a little over 400 lines on purpose: what is left is
+the config, the per-question session (pyramid, prompt pieces, thumbnail, encoder) and the passes that read its
+private grids; the geometry, rendering and grid steps are already their own modules.
 """
 
 from __future__ import annotations

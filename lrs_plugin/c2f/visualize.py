@@ -5,6 +5,11 @@ scores of that level's grid tokens (transparent = lowest, opaque red-yellow = hi
 the image stays visible), the tiles encoded at that level (thin white), for levels that voted the tiles selected
 at the next level (thick yellow), and the target box when the question has one (cyan). A header holds the
 question, the answer and the ground truth; a footer the colour bar of the scores.
+
+Three ways in, none of which builds a reducer: :func:`draw_record` draws a finished answer from its record's C2F
+details (nothing runs again), :func:`focus_picture` answers once with a backbone, a focus scorer and a
+:class:`~lrs_plugin.c2f.C2FConfig` and draws that answer, and :func:`visualize` (``lrs-plugin visualize``) loads a
+checkpoint first.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lrs_plugin.harness.record import C2FLevel
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.c2f.driver import C2FConfig
+    from lrs_plugin.focus.scorers import FocusScorer
+    from lrs_plugin.harness.record import C2FDetails, C2FLevel
 
-__all__ = ["draw_focus", "visualize"]
+__all__ = ["draw_focus", "draw_geometry", "draw_record", "focus_picture", "visualize"]
 
 
 _MAX_ALPHA = 140  # heat-map opacity at the highest score (of 255)
@@ -162,6 +170,109 @@ def draw_focus(
     return out
 
 
+def draw_geometry(backbone: Backbone, config: C2FConfig) -> dict[str, Any]:
+    """The geometry keywords of :func:`draw_focus` for ``backbone`` under ``config``.
+
+    Returns:
+        ``{"tile", "per_tile", "has_newline", "base_long_side"}``: tile side (px), grid tokens per tile side (halved
+        by the ``avg2x2`` pool), whether grids carry a newline column, and the base level's long side (px).
+    """
+    side = backbone.patches_per_side
+    return {
+        "tile": backbone.tile_size,
+        "per_tile": side // 2 if config.pool == "avg2x2" else side,
+        "has_newline": backbone.image_newline is not None,
+        "base_long_side": config.base_long_side_tiles * backbone.tile_size,
+    }
+
+
+def draw_record(
+    image: Any,
+    details: C2FDetails,
+    backbone: Backbone,
+    config: C2FConfig,
+    out: str | Path,
+    *,
+    question: str,
+    answer: str,
+    focus: str,
+    doc: Mapping[str, Any] | None = None,
+) -> Path:
+    """Draw a finished C2F answer from its record's details (``SampleRecord.c2f``); nothing is run again.
+
+    Args:
+        image: The :class:`~lrs_plugin.imagery.LargeImage` the question was about.
+        details: The record's :class:`~lrs_plugin.harness.record.C2FDetails` (its visited levels are drawn).
+        backbone: The backbone the answer came from (tile size, patch grid, newline column).
+        config: The :class:`~lrs_plugin.c2f.C2FConfig` it ran with (pooling, base level).
+        out: PNG path to write.
+        question: The question text (header).
+        answer: The answer (header).
+        focus: The focus scorer's name (header).
+        doc: The question's document: its ``hbox`` is drawn as the target box, its ``ground_truth`` printed.
+
+    Returns:
+        ``out``.
+    """
+    box = (doc or {}).get("hbox")
+    header = [f"Q: {' '.join(question.split())}", f"A: {answer!r}   focus: {focus}"]
+    if doc and doc.get("ground_truth") is not None:
+        header[-1] += f"   ground truth: {doc['ground_truth']!r}"
+    return draw_focus(
+        image,
+        details.levels,
+        **draw_geometry(backbone, config),
+        out=out,
+        box=box if isinstance(box, (list, tuple)) and len(box) == 4 else None,
+        header=header,
+    )
+
+
+def focus_picture(
+    backbone: Backbone,
+    image: Any,
+    question: str,
+    focus: FocusScorer,
+    config: C2FConfig,
+    out: str | Path,
+    *,
+    doc: Mapping[str, Any] | None = None,
+    max_new_tokens: int = 16,
+) -> dict[str, Any]:
+    """Answer ``question`` once with :func:`~lrs_plugin.c2f.driver.run_c2f` and draw its focus (:func:`draw_record`).
+
+    Args:
+        backbone: The loaded backbone.
+        image: The :class:`~lrs_plugin.imagery.LargeImage` to ask about.
+        question: The question text.
+        focus: A scorer from :func:`lrs_plugin.focus.build_focus`.
+        config: The C2F knobs.
+        out: PNG path to write.
+        doc: The question's document (``hbox``: target box, ``oracle`` focus and recall; ``ground_truth``: printed).
+        max_new_tokens: Greedy decoding limit.
+
+    Returns:
+        ``{"answer", "focus", "out", "tiles_encoded", "vision_tokens_encoded", "vision_tokens_to_llm",
+        "focus_tile_recall", "focus_token_recall"}``.
+    """
+    from lrs_plugin.c2f.driver import run_c2f
+
+    result = run_c2f(backbone, image, question, focus, config, doc=doc, max_new_tokens=max_new_tokens)
+    record = result.record
+    draw_record(
+        image, record.c2f, backbone, config, out, question=question, answer=result.answer, focus=focus.name, doc=doc
+    )
+    recall = record.focus_recall
+    totals = {
+        "tiles_encoded": record.tiles_encoded,
+        "vision_tokens_encoded": record.vision_tokens_encoded,
+        "vision_tokens_to_llm": record.vision_tokens_to_llm,
+        "focus_tile_recall": None if recall is None else recall.tile,
+        "focus_token_recall": None if recall is None else recall.token,
+    }
+    return {"answer": result.answer, "focus": focus.name, "out": str(out), **totals}
+
+
 def visualize(
     pretrained: str,
     image_path: str | Path,
@@ -174,45 +285,43 @@ def visualize(
     options: Mapping[str, Any] | None = None,
     doc: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Answer ``question`` about ``image_path`` with C2F and draw its focus; returns the answer and statistics.
+    """Load ``pretrained``, answer ``question`` about ``image_path`` with C2F, draw its focus (:func:`focus_picture`).
 
-    ``doc`` (optional) is the question's document: its ``hbox`` is drawn as the target box (and feeds
-    ``focus=oracle`` and the focus recall), its ``ground_truth`` is printed beside the answer.
+    Args:
+        pretrained: Checkpoint folder or Hub id.
+        image_path: The image file.
+        question: The question text.
+        out: PNG path to write.
+        focus: Focus scorer name; ``auto`` picks ``rfm`` when the checkpoint ships RFM weights, else
+            ``llm_attention``.
+        device: Device of the backbone.
+        max_new_tokens: Greedy decoding limit.
+        options: Fields of :class:`~lrs_plugin.c2f.C2FConfig` (e.g. ``{"num_zoom_steps": 2}``).
+        doc: The question's document: its ``hbox`` is drawn as the target box (and feeds ``focus=oracle`` and the
+            focus recall), its ``ground_truth`` is printed beside the answer.
+
+    Returns:
+        As :func:`focus_picture`.
+
+    Raises:
+        ConfigError: an option that is not a :class:`~lrs_plugin.c2f.C2FConfig` field (the fields are named), or an
+            invalid value.
     """
-    from lrs_plugin.backbone.adapter import Backbone
-    from lrs_plugin.c2f.driver import run_c2f
-    from lrs_plugin.imagery.large_image import LargeImage
-    from lrs_plugin.reducers.c2f import C2FReducer, resolve_focus_name
+    import dataclasses
 
+    from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.c2f.driver import C2FConfig
+    from lrs_plugin.errors import ConfigError
+    from lrs_plugin.focus.scorers import build_focus
+    from lrs_plugin.imagery.large_image import LargeImage
+    from lrs_plugin.reducers.c2f import resolve_focus_name
+
+    fields = {f.name for f in dataclasses.fields(C2FConfig)}
+    unknown = sorted(set(options or {}) - fields)
+    if unknown:
+        raise ConfigError(f"visualize has no C2F option(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    config = C2FConfig(**dict(options or {}))
     backbone = Backbone.from_pretrained(pretrained, device=device)
-    reducer = C2FReducer(backbone, focus=resolve_focus_name(focus, backbone), **dict(options or {}))
+    scorer = build_focus(resolve_focus_name(focus, backbone), backbone)
     with LargeImage(image_path) as image:
-        result = run_c2f(
-            backbone, image, question, reducer.focus, reducer.config, doc=doc, max_new_tokens=max_new_tokens
-        )
-        box = (doc or {}).get("hbox")
-        header = [f"Q: {' '.join(question.split())}", f"A: {result.answer!r}   focus: {reducer.focus_name}"]
-        if doc and doc.get("ground_truth") is not None:
-            header[-1] += f"   ground truth: {doc['ground_truth']!r}"
-        draw_focus(
-            image,
-            result.record.c2f.levels,
-            tile=backbone.tile_size,
-            per_tile=backbone.patches_per_side // 2 if reducer.config.pool == "avg2x2" else backbone.patches_per_side,
-            has_newline=backbone.image_newline is not None,
-            base_long_side=reducer.config.base_long_side_tiles * backbone.tile_size,
-            out=out,
-            box=box if isinstance(box, (list, tuple)) and len(box) == 4 else None,
-            header=header,
-        )
-    reducer.close()
-    record = result.record
-    recall = record.focus_recall
-    totals = {
-        "tiles_encoded": record.tiles_encoded,
-        "vision_tokens_encoded": record.vision_tokens_encoded,
-        "vision_tokens_to_llm": record.vision_tokens_to_llm,
-        "focus_tile_recall": None if recall is None else recall.tile,
-        "focus_token_recall": None if recall is None else recall.token,
-    }
-    return {"answer": result.answer, "focus": reducer.focus_name, "out": str(out), **totals}
+        return focus_picture(backbone, image, question, scorer, config, out, doc=doc, max_new_tokens=max_new_tokens)

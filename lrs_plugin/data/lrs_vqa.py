@@ -14,16 +14,13 @@ absolute image *paths*; pixels are decoded only by the model side.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lrs_plugin._jsonl import iter_json_objects
-from lrs_plugin.data import _hub, archive
-from lrs_plugin.data._install import install_lock, marker_name, marker_revision, requested_root, say, write_marker
+from lrs_plugin.data import archive
+from lrs_plugin.data._install import install_lock, marker_name, requested_root
 from lrs_plugin.data._paths import default_dataset_root, require_inside_root
 from lrs_plugin.errors import (
     ConfigError,
@@ -164,21 +161,25 @@ def fetch(
         UnsafeArchiveError: A member would land outside the root.
         DatasetIntegrityError: The archive lacks the question file or referenced images (the first 20 named).
     """
+    from lrs_plugin.data import _lrs_vqa_fetch as steps  # imports this module's constants
+
     root = Path(root) if root is not None else default_dataset_root(_DATASET_NAME)
     requested = "local" if parts_dir is not None else revision
-    if not force and _marker_revision(root) == requested:
+    if not force and steps.marker_revision_of(root) == requested:
         return root
-    with install_lock(root, LOCK_NAME, say=lambda message: _say(progress, message)) as lock_fd:
-        if not force and _marker_revision(root) == requested:
+    with install_lock(root, LOCK_NAME, say=lambda message: steps.say_if(progress, message)) as lock_fd:
+        if not force and steps.marker_revision_of(root) == requested:
             return root
         (root / MARKER_NAME).unlink(missing_ok=True)
-        volumes, sha, expected = _volumes(root, revision, parts_dir, progress)
+        volumes, sha, expected = steps.fetch_volumes(root, revision, parts_dir, progress)
         archive.verify_volumes(volumes, expected, progress=progress)
-        _remove_stale_partials(root)
+        steps.remove_stale_partials(root)
         backend, _ = archive.resolve_extractor(extractor)
-        _say(progress, f"extracting {len(volumes)} volumes into {root} with {backend}")
+        steps.say_if(progress, f"extracting {len(volumes)} volumes into {root} with {backend}")
         inherit = () if lock_fd is None else (lock_fd,)
-        _install(archive.extract(volumes, root, extractor=extractor, progress=progress, pass_fds=inherit), root)
+        steps.install_tree(
+            archive.extract(volumes, root, extractor=extractor, progress=progress, pass_fds=inherit), root
+        )
         missing = check_images(root)
         if missing:
             raise DatasetIntegrityError(
@@ -187,100 +188,9 @@ def fetch(
                 f"complete: re-fetch with --force, or set {ROOT_ENV}={root} to evaluate the rest (missing images "
                 "are recorded as failed samples)"
             )
-        _write_marker(root, requested, sha, volumes, expected, backend)
-    _say(progress, f"LRS-VQA complete in {root}")
+        steps.write_complete_marker(root, requested, sha, volumes, expected, backend)
+    steps.say_if(progress, f"LRS-VQA complete in {root}")
     return root
-
-
-def _volumes(
-    root: Path, revision: str, parts_dir: str | Path | None, progress: bool
-) -> tuple[list[Path], str | None, dict[str, tuple[int | None, str | None]] | None]:
-    """Return ``(volumes, resolved sha, expected sizes/hashes)``, downloading from the Hub unless ``parts_dir``."""
-    if parts_dir is not None:
-        volumes, expected = archive.find_local_volumes(parts_dir, ARCHIVE_BASE)
-        return volumes, None, expected
-    sha, files = _hub.list_remote_files(REPO_ID, revision=revision)
-    expected = {f.path: (f.size, f.sha256) for f in files if _is_volume_name(f.path)}
-    if not expected:
-        raise DatasetNotFoundError(
-            f"{REPO_ID} at revision {revision!r} ({sha}) lists no {ARCHIVE_BASE}.NNN volumes; "
-            f"check the revision (default {LRS_VQA_REVISION!r})"
-        )
-    if len(expected) != NUM_PARTS:
-        _say(True, f"note: {REPO_ID}@{sha} lists {len(expected)} volumes (the release has {NUM_PARTS})")
-    parts = root / "parts"
-    _say(progress, f"downloading {len(expected)} volumes of {REPO_ID}@{sha} into {parts}")
-    _hub.snapshot_download(REPO_ID, revision=sha, local_dir=parts, allow_patterns=[f"{ARCHIVE_BASE}.*"])
-    listing = f"as listed by {REPO_ID}@{sha}"
-    return archive.find_volumes(parts, ARCHIVE_BASE, expected_count=len(expected), source=listing), sha, expected
-
-
-def _is_volume_name(name: str) -> bool:
-    prefix = ARCHIVE_BASE + "."
-    return name.startswith(prefix) and len(name) == len(prefix) + 3 and name[len(prefix) :].isdigit()
-
-
-def _remove_stale_partials(root: Path) -> None:
-    """Remove the ``.extract-partial-*`` folders of dead fetches. Call with the fetch lock held."""
-    for stale in root.glob(archive.PARTIAL_PREFIX + "*"):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
-
-
-def _install(tmp: Path, root: Path) -> None:
-    """Move ``tmp/LRS_VQA`` to ``root/LRS_VQA`` (the old tree goes into ``tmp``, which is then removed)."""
-    try:
-        if not (tmp / QUESTION_FILE).is_file():
-            found = sorted(p.name for p in tmp.iterdir())
-            raise DatasetIntegrityError(
-                f"the archive holds no {QUESTION_FILE} (top level: {', '.join(found) or 'nothing'})"
-            )
-        target = root / "LRS_VQA"
-        if target.exists():
-            os.replace(target, tmp / "LRS_VQA.old")
-        os.replace(tmp / "LRS_VQA", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _marker_revision(root: Path) -> str | None:
-    """The requested revision recorded by a completion marker, or ``None`` when ``root`` is not complete."""
-    if not (root / QUESTION_FILE).is_file():
-        return None
-    return marker_revision(root, MARKER_NAME)
-
-
-def _write_marker(
-    root: Path,
-    revision: str,
-    sha: str | None,
-    volumes: Sequence[Path],
-    expected: dict[str, tuple[int | None, str | None]] | None,
-    extractor: str,
-) -> None:
-    from lrs_plugin import __version__
-
-    parts = [
-        {"name": v.name, "size": v.stat().st_size, "sha256": (expected or {}).get(v.name, (None, None))[1]}
-        for v in volumes
-    ]
-    marker = {
-        "repo": REPO_ID,
-        "revision": revision,
-        "sha": sha,
-        "parts": parts,
-        "extractor": extractor,
-        "completed_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "plugin_version": __version__,
-    }
-    write_marker(root, MARKER_NAME, marker)
-
-
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
-        say(_DATASET_NAME, message)
 
 
 # --------------------------------------------------------------------------------------------------------------

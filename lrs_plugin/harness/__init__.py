@@ -1,7 +1,8 @@
 """lmms-eval glue.
 
 Running the real command (:mod:`.run`), the model settings (:mod:`.settings`), the per-sample record handed to the
-tasks (:mod:`.record`) and its measured costs (:mod:`.costs`), the resume store (:mod:`.resume`), the task hook
+tasks (:mod:`.record`) and its measured costs (:mod:`.costs`), the resume store and its keys (:mod:`.resume`), one
+request as the model class reads it (:mod:`.requests`), budget sweeps (:mod:`.sweep`), the task hook
 (:mod:`.task_hook`) and the entry point (:mod:`.registration`).
 """
 

@@ -7,17 +7,12 @@ per-sample record, TFLOPs included) to ``PATH/answers.rank<R>-of-<W>.jsonl`` and
 on; a rerun loads every ``answers.*.jsonl`` of the folder (so a store written with 4 processes serves a run with 2)
 and generates only the answers it does not find.
 
-An answer is found by :func:`answer_key`: a SHA-256 of the task, split, document id, question id, image name,
-prompt, generation kwargs (except ``until``) and :func:`settings_fingerprint` (checkpoint path and ``config.json``
-hash, plugin version and every setting that can change an answer, as
-:func:`lrs_plugin.harness.settings.answer_settings` defines it: reducer and all its options, dtype, vision dtype,
-device, device map, attention implementation, ``trust_remote_code``, tile batch size, ``max_new_tokens``). Any change
-of those gives new keys: stale answers are never served. Stores written before the fingerprint read
-``answer_settings`` (when device, device map and tile batch size did not count) have other keys: their answers are
-generated again, never served under the wider definition. Generation stops at the task's ``until`` stop strings, so
-each line also records the ones it was generated with (``stop_strings``) and the model serves it only to a request
-with the same ones; a line without that field (written when answers were generated to the end and cut afterwards)
-holds the whole answer and serves any. The per-sample record is written as its JSON object
+An answer is found by :func:`answer_key` (:mod:`lrs_plugin.harness._resume_keys`): the task, document, prompt and
+generation kwargs under :func:`settings_fingerprint`, so a change of any setting that can change an answer gives new
+keys and stale answers are never served. Generation stops at the task's ``until`` stop strings, so each line also
+records the ones it was generated with (``stop_strings``) and the model serves it only to a request with the same
+ones; a line without that field (written when answers were generated to the end and cut afterwards) holds the whole
+answer and serves any. The per-sample record is written as its JSON object
 (:meth:`SampleRecord.to_dict <lrs_plugin.harness.record.SampleRecord.to_dict>`, field ``stats``). Failed samples
 (e.g. an unreadable image, out of memory) are not stored, so a rerun retries them.
 
@@ -38,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import os
 import threading
@@ -50,8 +44,14 @@ from typing import IO, Any
 from loguru import logger
 
 from lrs_plugin.errors import LrsPluginError, SampleRecordError
+from lrs_plugin.harness._resume_keys import (
+    RESUME_FORMAT,
+    answer_key,
+    checkpoint_fingerprint,
+    digest,
+    settings_fingerprint,
+)
 from lrs_plugin.harness.record import SampleRecord
-from lrs_plugin.harness.settings import ModelSettings, answer_settings
 
 __all__ = [
     "RESUME_DISABLED_KEY",
@@ -64,9 +64,6 @@ __all__ = [
     "record_checksum",
     "settings_fingerprint",
 ]
-
-#: Version of the line layout; part of every key, so a layout change never reads old lines as new ones.
-RESUME_FORMAT = 1
 
 #: Per-sample record key set to ``True`` on every answer generated while the store could not be written: the run
 #: goes on, but a rerun would generate those answers again.
@@ -100,101 +97,6 @@ class StoredAnswer:
     stop_strings: tuple[str, ...] | None = None
 
 
-def _digest(obj: Any) -> str:
-    payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=repr, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def checkpoint_fingerprint(pretrained: str) -> dict[str, str | None]:
-    """Identify a checkpoint by its path and the SHA-256 of its ``config.json``.
-
-    Args:
-        pretrained: A local checkpoint folder or a Hub id.
-
-    Returns:
-        ``{"path": ..., "config_sha256": ...}``; the path is absolute for a local folder, and the hash is ``None``
-        when there is no local ``config.json`` (a Hub id: the id itself identifies it). Weights replaced in place
-        under an unchanged path and config are not detected: use a new ``resume_dir`` then.
-    """
-    path = Path(pretrained).expanduser()
-    config = path / "config.json"
-    if config.is_file():
-        return {"path": str(path.resolve()), "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
-    return {"path": pretrained, "config_sha256": None}
-
-
-def settings_fingerprint(settings: ModelSettings, *, plugin_version: str) -> str:
-    """Hash of every model-wide setting that can change an answer.
-
-    Args:
-        settings: The model's settings.
-        plugin_version: ``lrs_plugin.__version__``.
-
-    Returns:
-        A hex SHA-256 of :func:`lrs_plugin.harness.settings.answer_settings` (the settings whose metadata says they
-        can change an answer; the leaderboard's ``config_hash`` reads the same), with the checkpoint identified by
-        :func:`checkpoint_fingerprint`, the line format and the plugin version. ``image_cache`` and the resume
-        options are left out; ``device`` counts as given (the default, each rank's own device, lets a store move
-        between world sizes).
-    """
-    answers = answer_settings(settings)
-    answers.pop("pretrained")
-    return _digest(
-        {
-            "format": RESUME_FORMAT,
-            "plugin_version": plugin_version,
-            "checkpoint": checkpoint_fingerprint(settings.pretrained),
-            "settings": answers,
-        }
-    )
-
-
-def answer_key(
-    *,
-    settings_hash: str,
-    task: str,
-    split: str,
-    doc_id: int,
-    doc: Mapping[str, Any],
-    context: str,
-    gen_kwargs: Mapping[str, Any],
-) -> str:
-    """Key of one answer in the store.
-
-    Args:
-        settings_hash: :func:`settings_fingerprint` of the model.
-        task: lmms-eval task name.
-        split: Dataset split.
-        doc_id: Index of the document in the split.
-        doc: The document (its ``question_id`` and ``image`` name are part of the key when they are plain values;
-            a decoded image in the document, as in lmms-eval's built-in tasks, is not).
-        context: The prompt text.
-        gen_kwargs: The task's generation kwargs; ``until`` is left out (each answer records its stop strings, see
-            :class:`StoredAnswer`).
-
-    Returns:
-        A hex SHA-256.
-    """
-    kwargs = {k: v for k, v in gen_kwargs.items() if k != "until"}
-    return _digest(
-        {
-            "settings": settings_hash,
-            "task": task,
-            "split": split,
-            "doc_id": int(doc_id),
-            "question_id": _plain(doc.get("question_id")),
-            "image": _plain(doc.get("image")),  # a file name in this plugin's tasks; pixels elsewhere: left out
-            "context": context,
-            "gen_kwargs": kwargs,
-        }
-    )
-
-
-def _plain(value: Any) -> Any:
-    """``value`` when it is a JSON scalar, else ``None`` (a PIL image or bytes held by the document)."""
-    return value if value is None or isinstance(value, (str, int, float, bool)) else None
-
-
 def _jsonable(value: Any) -> Any:
     """JSON fallback for numpy / torch scalars in a record."""
     item = getattr(value, "item", None)
@@ -221,7 +123,7 @@ def record_checksum(record: Mapping[str, Any]) -> str:
     Returns:
         16 lowercase hex digits.
     """
-    return _digest({k: v for k, v in record.items() if k != _CHECKSUM_FIELD})[:_CHECKSUM_HEX]
+    return digest({k: v for k, v in record.items() if k != _CHECKSUM_FIELD})[:_CHECKSUM_HEX]
 
 
 def _read_file(path: Path, answers: dict[str, StoredAnswer]) -> int:

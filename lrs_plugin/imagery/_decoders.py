@@ -211,7 +211,7 @@ def _decode_pillow(path: Path) -> np.ndarray:
     """Decode with Pillow (bomb limit and truncation check scoped to the call) and apply the rule."""
     from PIL import Image
 
-    from lrs_plugin.imagery.large_image import pillow_pixel_limit
+    from lrs_plugin.imagery._headers import pillow_pixel_limit
 
     with pillow_pixel_limit(), Image.open(path) as image:
         image.load()

@@ -1,8 +1,8 @@
 """Token reducers: every method the harness compares, behind one registry and one interface.
 
 The interface is :mod:`.base`, the registry :mod:`.registry`; one module per method; shared stock-layout parts in
-``_stock`` (plain vision tokens, the pre-LLM base), ``_tiles`` (tile limits), ``_prefill`` (in-LLM drops) and
-``_cells`` (focus recall).
+``_stock`` (plain vision tokens, the pre-LLM base), ``_tiles`` (tile limits), ``_prefill`` (in-LLM drops: the pruned
+prefill and its decoding), ``_in_llm`` (the in-LLM base) and ``_cells`` (focus recall).
 """
 
 from lrs_plugin._lazy import lazy_exports

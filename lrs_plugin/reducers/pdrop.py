@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.flops.terms import equivalent_tokens, pdrop_keeps, staged_tokens_per_layer
 from lrs_plugin.harness.record import PDropKnobs, SampleRecord
-from lrs_plugin.reducers._prefill import DropStage, InLLMReducer
+from lrs_plugin.reducers._in_llm import InLLMReducer
+from lrs_plugin.reducers._prefill import DropStage
 from lrs_plugin.reducers._tiles import is_finite_number, take_options
 from lrs_plugin.reducers.registry import register_reducer
 

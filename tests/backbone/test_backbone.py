@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import types
@@ -16,7 +17,7 @@ from PIL import Image
 
 from lrs_plugin.backbone import adapter as backbone_mod
 from lrs_plugin.backbone.adapter import Backbone, GenerationOutput
-from lrs_plugin.backbone.tiny import VARIANTS, build_tiny_llava
+from lrs_plugin.backbone.tiny import VARIANTS
 from lrs_plugin.errors import ConfigError, MissingDependencyError
 
 IDS = [f"{arch}+{lm}" for arch, lm in VARIANTS]
@@ -25,18 +26,13 @@ QUESTION = "What color is the largest building?\nAnswer the question using a sin
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("backbone_ckpts")
-    return {(a, lm): build_tiny_llava(root / f"{a}_{lm}", arch=a, lm=lm, seed=0) for a, lm in VARIANTS}
+def ckpts(make_tiny_checkpoint) -> dict[tuple[str, str], Path]:
+    return {(a, lm): make_tiny_checkpoint(a, lm) for a, lm in VARIANTS}
 
 
 @pytest.fixture(scope="module")
 def backbones(ckpts) -> dict[tuple[str, str], Backbone]:
     return {key: Backbone.from_pretrained(path, dtype="float32") for key, path in ckpts.items()}
-
-
-def _image(h: int, w: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 def _stock_inputs(bb: Backbone, image: Image.Image, question: str = QUESTION):
@@ -72,7 +68,7 @@ def test_dimensions_come_from_the_config(backbones, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_encode_tiles_is_hf_image_features(backbones, variant):
+def test_encode_tiles_is_hf_image_features(backbones, variant, make_image):
     bb = backbones[variant]
     tiles = np.random.default_rng(1).integers(0, 256, (5, 56, 56, 3), dtype=np.uint8)
     pixels = bb.normalize_tiles(tiles)
@@ -89,7 +85,7 @@ def test_encode_tiles_is_hf_image_features(backbones, variant):
             ref = torch.stack(list(bb.model.model.get_image_features(pixel_values=pixels).pooler_output))
             assert torch.equal(feats, ref)
         else:  # LLaVA-NeXT: the first packed tokens are the base tile's
-            image = _image(70, 100)
+            image = make_image(70, 100)
             inputs = bb.processor(images=[image], text=["<image>"], return_tensors="pt")
             base = bb.encode_tiles(inputs["pixel_values"][0, :1])
             assert torch.equal(bb.plain_vision_embeds(image)[: bb.tokens_per_tile], base[0])
@@ -133,10 +129,10 @@ def test_pool2x2(backbones):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_split_prompt_is_the_processor_prompt(backbones, variant):
+def test_split_prompt_is_the_processor_prompt(backbones, variant, make_image):
     bb = backbones[variant]
     prefix, suffix = bb.split_prompt(QUESTION)
-    ids = _stock_inputs(bb, _image(70, 100))["input_ids"][0]
+    ids = _stock_inputs(bb, make_image(70, 100))["input_ids"][0]
     n_image = int((ids == bb.config.image_token_id).sum())
     assert torch.equal(ids[: len(prefix)], prefix)
     assert torch.equal(ids[len(prefix) + n_image :], suffix)
@@ -151,9 +147,9 @@ def test_split_prompt_is_the_processor_prompt(backbones, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 @pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
-def test_plain_path_logits_equal_stock_forward(backbones, variant, size):
+def test_plain_path_logits_equal_stock_forward(backbones, variant, size, make_image):
     bb = backbones[variant]
-    image = _image(*size, seed=size[0])
+    image = make_image(*size, seed=size[0])
     inputs = _stock_inputs(bb, image)
     with torch.no_grad():
         stock = bb.model(**inputs).logits
@@ -166,10 +162,10 @@ def test_plain_path_logits_equal_stock_forward(backbones, variant, size):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_plain_path_greedy_equals_stock_generate(backbones, variant):
+def test_plain_path_greedy_equals_stock_generate(backbones, variant, make_image):
     bb = backbones[variant]
     for seed, size in enumerate(SIZES[1:3]):
-        image = _image(*size, seed=seed)
+        image = make_image(*size, seed=seed)
         inputs = _stock_inputs(bb, image)
         with torch.no_grad():
             stock = bb.model.generate(**inputs, do_sample=False, max_new_tokens=12)[0, inputs["input_ids"].shape[1] :]
@@ -185,9 +181,9 @@ def _interleave(bb: Backbone, image: Image.Image):
     return prefix, bb.plain_vision_embeds(image), suffix
 
 
-def test_generate_stops_on_eos_ids_and_stop_strings(backbones):
+def test_generate_stops_on_eos_ids_and_stop_strings(backbones, make_image):
     bb = backbones[("llava_next", "qwen2")]
-    embeds, _ = bb.assemble(*_interleave(bb, _image(70, 100)))
+    embeds, _ = bb.assemble(*_interleave(bb, make_image(70, 100)))
     full = bb.generate(embeds, max_new_tokens=10)
     first = full.new_token_ids[0]
     assert bb.generate(embeds, max_new_tokens=10, eos_token_ids=[first]).new_token_ids == (first,)
@@ -233,12 +229,12 @@ def llava_hf_cls(monkeypatch):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_plain_path_answers_equal_lmms_eval_llava_hf(ckpts, backbones, llava_hf_cls, variant):
+def test_plain_path_answers_equal_lmms_eval_llava_hf(ckpts, backbones, llava_hf_cls, variant, make_image):
     from lmms_eval.api.instance import Instance
 
     # transformers 5 rejects llava_hf's default device_map="" ("Device string must not be empty").
     lm = llava_hf_cls(pretrained=str(ckpts[variant]), device="cpu", device_map="cpu", dtype="float32")
-    images = [_image(70, 100, 0), _image(100, 40, 1), _image(56, 56, 2)]
+    images = [make_image(70, 100, 0), make_image(100, 40, 1), make_image(56, 56, 2)]
     questions = [QUESTION, "How many ships are docked?", "Is the image rural or urban?"]
     lm.task_dict = {"t": {"test": [{"image": im, "q": q} for im, q in zip(images, questions, strict=True)]}}
     gen_kwargs = {"max_new_tokens": 9, "temperature": 0, "until": ["\n\n"]}
@@ -266,7 +262,7 @@ def test_plain_path_answers_equal_lmms_eval_llava_hf(ckpts, backbones, llava_hf_
     assert all(ours) and len(set(ours)) == 3
 
 
-def test_attn_implementations(ckpts, backbones, monkeypatch):
+def test_attn_implementations(ckpts, backbones, monkeypatch, make_image):
     path = ckpts[("llava", "llama")]
     with pytest.raises(ConfigError, match="attn_implementation='flash'.*valid choices: sdpa, eager, flash_attention_2"):
         Backbone.from_pretrained(path, attn_implementation="flash")
@@ -276,11 +272,11 @@ def test_attn_implementations(ckpts, backbones, monkeypatch):
     eager = Backbone.from_pretrained(path, attn_implementation="eager")
     assert eager.model.config._attn_implementation == "eager"
     sdpa = backbones[("llava", "llama")]
-    embeds, _ = sdpa.assemble(*_interleave(sdpa, _image(70, 100)))
+    embeds, _ = sdpa.assemble(*_interleave(sdpa, make_image(70, 100)))
     torch.testing.assert_close(eager.logits(embeds), sdpa.logits(embeds), atol=1e-4, rtol=1e-4)
 
 
-def test_dtypes(ckpts):
+def test_dtypes(ckpts, make_image):
     path = ckpts[("llava_next", "qwen2")]
     with pytest.raises(
         ConfigError, match="dtype='fp8' is not supported; valid choices: auto, float32, float16, bfloat16"
@@ -290,14 +286,14 @@ def test_dtypes(ckpts):
         Backbone.from_pretrained(path, dtype=torch.int8)
     bb = Backbone.from_pretrained(path, dtype="bfloat16")
     assert bb.dtype == torch.bfloat16
-    vision = bb.plain_vision_embeds(_image(70, 100))
+    vision = bb.plain_vision_embeds(make_image(70, 100))
     assert vision.dtype == torch.bfloat16
     feats = bb.encode_tiles(bb.normalize_tiles(np.zeros((1, 56, 56, 3), dtype=np.uint8)))
     assert feats.dtype == torch.bfloat16
     assert Backbone.from_pretrained(path).dtype == torch.float32  # "auto": the checkpoint's dtype
 
 
-def test_unsupported_checkpoints_are_refused(tmp_path):
+def test_unsupported_checkpoints_are_refused(tmp_path, make_tiny_checkpoint):
     from transformers import LlamaConfig
 
     LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
@@ -306,7 +302,7 @@ def test_unsupported_checkpoints_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="tile_batch_size"):
         Backbone.from_pretrained(tmp_path, tile_batch_size=0)
     mistral = tmp_path / "mistral"
-    build_tiny_llava(mistral, arch="llava", lm="llama")
+    shutil.copytree(make_tiny_checkpoint("llava", "llama"), mistral)
     config = json.loads((mistral / "config.json").read_text())
     config["text_config"]["model_type"] = "mistral"
     (mistral / "config.json").write_text(json.dumps(config))

@@ -140,14 +140,12 @@ def write_original(hf_dir: Path, out: Path, *, family: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
+def sources(tmp_path_factory, make_tiny_checkpoint):
     """``{family: (hf_dir, original_dir)}`` for the LLaVA-NeXT/Qwen2 and LLaVA-1.5/Llama tiny models."""
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
     root = tmp_path_factory.mktemp("convert_src")
     result = {}
     for family, (arch, _, _) in FAMILIES.items():
-        hf_dir = build_tiny_llava(root / f"hf_{family}", arch=arch, lm=family)
+        hf_dir = make_tiny_checkpoint(arch, family)
         result[family] = (hf_dir, write_original(hf_dir, root / f"orig_{family}", family=family))
     return result
 
@@ -400,8 +398,7 @@ def test_hub_ids_go_through_the_download_wrapper(sources, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_converted_model_runs_c2f_with_its_rfm_and_the_stock_path(converted, tmp_path, family):
-    import numpy as np
+def test_converted_model_runs_c2f_with_its_rfm_and_the_stock_path(converted, make_image_file, family):
     from PIL import Image
 
     from lrs_plugin.c2f.driver import run_c2f
@@ -409,8 +406,7 @@ def test_converted_model_runs_c2f_with_its_rfm_and_the_stock_path(converted, tmp
     from lrs_plugin.imagery.large_image import LargeImage
 
     _, dst, _ = converted[family]
-    path = tmp_path / "img.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 700, 3), dtype=np.uint8)).save(path)
+    path = make_image_file(480, 700)
     image = LargeImage(path)
     try:
         result = run_c2f(dst, image, QUESTION, build_focus("rfm", dst), max_new_tokens=3)
@@ -490,7 +486,7 @@ def test_rfm_file_found_next_to_a_sharded_model(converted, sources, tmp_path):
 
 
 def test_pinpoints_are_read_as_the_original_width_height_pairs():
-    from lrs_plugin.backbone.convert import _pinpoints
+    from lrs_plugin.backbone._convert_config import _pinpoints
 
     assert _pinpoints([[336, 672], [672, 336]], 336) == [[672, 336], [336, 672]]  # (w, h) -> [h, w]
     assert _pinpoints("(1x1),(1x2),(2x3)", 14) == [[14, 14], [28, 14], [42, 14], [14, 28], [28, 28], [42, 28]]

@@ -6,10 +6,8 @@ import hashlib
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lrs_plugin.backbone.tiny import VARIANTS, build_tiny_llava
 from lrs_plugin.errors import ConfigError
@@ -19,14 +17,9 @@ LRS_ANSWERS = ["urban", "rural", "2", "13", "rectangular", "white", "grey", "yes
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[tuple[str, str], Path]:
+def tiny(make_tiny_checkpoint) -> dict[tuple[str, str], Path]:
     """The four tiny checkpoints."""
-    root = tmp_path_factory.mktemp("tiny_ckpts")
-    return {(a, lm): build_tiny_llava(root / f"{a}_{lm}", arch=a, lm=lm, seed=0) for a, lm in VARIANTS}
-
-
-def _image(h: int, w: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return {(a, lm): make_tiny_checkpoint(a, lm) for a, lm in VARIANTS}
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -114,14 +107,14 @@ def test_chat_template(tiny, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 @pytest.mark.parametrize("size", [(56, 56), (70, 100), (100, 40), (30, 170)])
-def test_image_token_expands_to_feature_count(tiny, variant, size):
+def test_image_token_expands_to_feature_count(tiny, variant, size, make_image):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     arch, _ = variant
     path = tiny[variant]
     proc = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path)
-    inputs = proc(images=_image(*size), text="<image>\nhow many?", return_tensors="pt")
+    inputs = proc(images=make_image(*size), text="<image>\nhow many?", return_tensors="pt")
     n_placeholders = int((inputs["input_ids"] == model.config.image_token_id).sum())
     kwargs = {"image_sizes": inputs["image_sizes"]} if arch == "llava_next" else {}
     with torch.no_grad():
@@ -154,7 +147,7 @@ def test_deterministic_for_a_seed(tmp_path):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_greedy_output_is_not_degenerate(tiny, variant):
+def test_greedy_output_is_not_degenerate(tiny, variant, make_image):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = tiny[variant]
@@ -165,7 +158,7 @@ def test_greedy_output_is_not_degenerate(tiny, variant):
     )
     answers = []
     for seed in (0, 1):
-        inputs = proc(images=_image(70, 100, seed), text=prompt, return_tensors="pt")
+        inputs = proc(images=make_image(70, 100, seed), text=prompt, return_tensors="pt")
         out = model.generate(**inputs, do_sample=False, max_new_tokens=8)[0, inputs["input_ids"].shape[1] :]
         assert out.shape[0] == 8 and int(out[0]) != proc.tokenizer.eos_token_id
         assert len(set(out.tolist())) > 2

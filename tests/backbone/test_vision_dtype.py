@@ -14,7 +14,6 @@ from PIL import Image
 
 from lrs_plugin.backbone.adapter import Backbone
 from lrs_plugin.backbone.anyres import grid_shape, pack_anyres
-from lrs_plugin.backbone.tiny import build_tiny_llava
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.harness.settings import parse_model_args
 from lrs_plugin.reducers.registry import available_reducers, build_reducer, reducer_spec
@@ -27,9 +26,8 @@ OPTIONS: dict[str, dict] = {"c2f": {"focus_options": {"layer": 1}}, "visionzip":
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("vision_dtype_ckpts")
-    return {(a, lm): build_tiny_llava(root / f"{a}_{lm}", arch=a, lm=lm, seed=0) for a, lm in VARIANTS}
+def ckpts(make_tiny_checkpoint) -> dict[tuple[str, str], Path]:
+    return {(a, lm): make_tiny_checkpoint(a, lm) for a, lm in VARIANTS}
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +43,8 @@ def uniform(ckpts) -> dict[tuple[str, str], Backbone]:
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("vision_dtype_img")) / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
-def _image(h: int, w: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+def image_path(make_image_file) -> str:
+    return str(make_image_file(150, 230, high=255))
 
 
 def _hand_reference(bb: Backbone, image: Image.Image) -> torch.Tensor:
@@ -94,9 +86,9 @@ def test_only_the_tower_is_cast(mixed, uniform, variant):
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_plain_vision_embeds_equals_hand_reference(mixed, uniform, ckpts, variant, size):
+def test_plain_vision_embeds_equals_hand_reference(mixed, uniform, ckpts, variant, size, make_image):
     bb = mixed[variant]
-    image = _image(*size, seed=sum(size))
+    image = make_image(*size, seed=sum(size))
     ours = bb.plain_vision_embeds(image)
     ref = _hand_reference(bb, image)
     assert ours.dtype == torch.bfloat16 and ours.shape == ref.shape
@@ -128,11 +120,11 @@ def test_encode_tiles_casts_features_for_the_projector(mixed, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_vision_dtype_none_keeps_todays_behaviour(ckpts, uniform, variant, image_path):
+def test_vision_dtype_none_keeps_todays_behaviour(ckpts, uniform, variant, image_path, make_image):
     bb = uniform[variant]
     same = Backbone.from_pretrained(ckpts[variant], dtype="bfloat16", vision_dtype=None)
     explicit = Backbone.from_pretrained(ckpts[variant], dtype="bfloat16", vision_dtype="bfloat16")
-    image = _image(70, 100)
+    image = make_image(70, 100)
     ref = bb.plain_vision_embeds(image)
     # The stock transformers path is still the one used when the dtypes agree.
     inputs = bb.processor(images=[image], text=["<image>"], return_tensors="pt")

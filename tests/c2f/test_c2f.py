@@ -5,15 +5,12 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lrs_plugin.backbone.adapter import Backbone
-from lrs_plugin.backbone.tiny import build_tiny_llava
 from lrs_plugin.c2f.driver import C2FConfig, build_level_grid, c2f_sequence_keep_all, run_c2f, select_topk
 from lrs_plugin.c2f.grid import grid_token_boxes, select_tiles, zoom_path
 from lrs_plugin.c2f.pyramid import build_pyramid, tile_source_box
@@ -28,31 +25,18 @@ QUESTION = "What is next to the bridge?"
 BOX = (1010.0, 300.0, 1150.0, 420.0)  # the oracle's ground truth, (x1, y1, x2, y2) in source pixels
 
 
-def tiny_checkpoint(tmp_path_factory, arch: str, lm: str) -> Path:
-    """Same session-wide checkpoints as test_focus (3 text layers)."""
-    path = tmp_path_factory.getbasetemp() / "c2f_tiny" / f"{arch}_{lm}"
-    if not (path / "config.json").is_file():
-        build_tiny_llava(path, arch=arch, lm=lm, seed=0, text_layers=3)
-    return path
+@pytest.fixture(scope="module")
+def backbones(make_tiny_checkpoint) -> dict[tuple[str, str], Backbone]:
+    """The checkpoints of test_focus (3 text layers)."""
+    return {v: Backbone.from_pretrained(make_tiny_checkpoint(*v, text_layers=3), dtype="float32") for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")
-def backbones(tmp_path_factory) -> dict[tuple[str, str], Backbone]:
-    return {v: Backbone.from_pretrained(tiny_checkpoint(tmp_path_factory, *v), dtype="float32") for v in VARIANTS}
-
-
-def _png(path: Path, w: int, h: int, seed: int = 0) -> Path:
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("c2f_images")
+def images(make_image_file):
     opened = {
-        "mid": LargeImage(_png(root / "mid.png", 700, 480)),  # 3 tiled levels with 56 px tiles, base 168 px
-        "wide": LargeImage(_png(root / "wide.png", 1800, 1200, seed=1)),  # 5 tiled levels
-        "small": LargeImage(_png(root / "small.png", 150, 100, seed=2)),  # 1 tiled level
+        "mid": LargeImage(make_image_file(480, 700)),  # 3 tiled levels with 56 px tiles, base 168 px
+        "wide": LargeImage(make_image_file(1200, 1800, seed=1)),  # 5 tiled levels
+        "small": LargeImage(make_image_file(100, 150, seed=2)),  # 1 tiled level
     }
     yield opened
     for image in opened.values():

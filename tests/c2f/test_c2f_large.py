@@ -32,13 +32,10 @@ def huge_png(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
+def backbone(make_tiny_checkpoint):
     from lrs_plugin.backbone.adapter import Backbone
-    from lrs_plugin.backbone.tiny import build_tiny_llava
 
-    return Backbone.from_pretrained(
-        build_tiny_llava(tmp_path_factory.mktemp("ck") / "next", arch="llava_next", lm="qwen2")
-    )
+    return Backbone.from_pretrained(make_tiny_checkpoint("llava_next", "qwen2"))
 
 
 @pytest.mark.parametrize("steps", [1, 3])

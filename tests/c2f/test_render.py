@@ -46,15 +46,16 @@ def _stitch(tiles, grid_hw, tile=TILE):
     return tiles.reshape(nb_h, nb_w, 3, tile, tile).transpose(2, 0, 3, 1, 4).reshape(3, nb_h * tile, nb_w * tile)
 
 
-def _image(tmp_path, h, w, suffix):
-    rng = np.random.default_rng(h * 1000 + w)
-    pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    path = tmp_path / f"{h}x{w}.{suffix}"
-    if suffix == "tif":
-        tifffile.imwrite(path, pixels)
-    else:
-        Image.fromarray(pixels).save(path)
-    return path, pixels
+def _image(make_image_file, h, w, suffix):
+    path = make_image_file(h, w, seed=h * 1000 + w, suffix=f".{suffix}")
+    return path, _pixels(path)
+
+
+def _pixels(path):
+    if path.suffix == ".tif":
+        return tifffile.imread(path)
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
 
 
 LAYOUTS = [
@@ -71,8 +72,8 @@ LAYOUTS = [
 
 @pytest.mark.parametrize("suffix,kwargs", LAYOUTS)
 @pytest.mark.parametrize("h,w", [(200, 700), (450, 300), (523, 611), (700, 211)])
-def test_stitched_tiles_equal_the_original_level(tmp_path, h, w, suffix, kwargs):
-    path, pixels = _image(tmp_path, h, w, suffix)
+def test_stitched_tiles_equal_the_original_level(make_image_file, h, w, suffix, kwargs):
+    path, pixels = _image(make_image_file, h, w, suffix)
     base = min(3 * TILE / max(h, w), 1.0)
     with LargeImage(path, **kwargs) as image:
         for scale in sorted({base, min(2 * base, 1.0), 1.0}):
@@ -84,8 +85,8 @@ def test_stitched_tiles_equal_the_original_level(tmp_path, h, w, suffix, kwargs)
             np.testing.assert_allclose(_stitch(tiles, level.grid_hw), _reference_level(pixels, level), atol=1e-4)
 
 
-def test_tiles_come_in_the_requested_order_with_zero_padding(tmp_path):
-    path, pixels = _image(tmp_path, 130, 150, "png")
+def test_tiles_come_in_the_requested_order_with_zero_padding(make_image_file):
+    path, pixels = _image(make_image_file, 130, 150, "png")
     level = _level(130, 150, 1.0)  # up-scaled to 146 x 168: last row of tiles is partly padding
     assert level.resize_hw == (146, 168) and level.grid_hw == (3, 3)
     with LargeImage(path) as image:
@@ -99,8 +100,8 @@ def test_tiles_come_in_the_requested_order_with_zero_padding(tmp_path):
 
 
 @pytest.mark.parametrize("h,w", [(200, 700), (523, 611), (700, 211)])
-def test_thumbnail_is_the_resized_image_top_left_on_a_zero_canvas(tmp_path, h, w):
-    path, pixels = _image(tmp_path, h, w, "png")
+def test_thumbnail_is_the_resized_image_top_left_on_a_zero_canvas(make_image_file, h, w):
+    path, pixels = _image(make_image_file, h, w, "png")
     thumb = _level(h, w, min(TILE / h, TILE / w))
     assert max(thumb.resize_hw) == TILE and thumb.grid_hw == (1, 1)
     with LargeImage(path) as image:
@@ -111,8 +112,8 @@ def test_thumbnail_is_the_resized_image_top_left_on_a_zero_canvas(tmp_path, h, w
             render_thumbnail(image, _level(h, w, 1.0), tile=TILE, mean=CLIP_MEAN, std=CLIP_STD)
 
 
-def test_area_tiles_stitch_to_the_area_resize(tmp_path):
-    path, pixels = _image(tmp_path, 300, 410, "png")
+def test_area_tiles_stitch_to_the_area_resize(make_image_file):
+    path, pixels = _image(make_image_file, 300, 410, "png")
     level = _level(300, 410, 0.5)
     nb_h, nb_w = level.grid_hw
     (rh, rw) = level.resize_hw

@@ -58,18 +58,13 @@ def write_generic_task(folder: Path, *, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
+def setting(tmp_path_factory, make_tiny_checkpoint, decord_stub):
     base = tmp_path_factory.mktemp("any_task")
     include = write_generic_task(base)
-    stub = base / "stub"  # lmms-eval's llava_hf imports decord (a video reader) at module level
-    stub.mkdir()
-    (stub / "decord.py").write_text("class VideoReader:\n    pass\n\n\ndef cpu(*a, **k):\n    return None\n")
-    env = offline_env({"LRS_PLUGIN_HOME": str(base / "home"), "PYTHONPATH": str(stub)})
+    env = offline_env({"LRS_PLUGIN_HOME": str(base / "home"), "PYTHONPATH": str(decord_stub)})
     checkpoints = {
-        "llava": build_tiny_llava(base / "llava-llama", arch="llava", lm="llama"),
-        "llava_next": build_tiny_llava(base / "llava_next-qwen2", arch="llava_next", lm="qwen2"),
+        "llava": make_tiny_checkpoint("llava", "llama"),
+        "llava_next": make_tiny_checkpoint("llava_next", "qwen2"),
     }
     return base, include, env, checkpoints
 

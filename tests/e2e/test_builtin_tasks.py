@@ -42,8 +42,7 @@ class _Judge(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
+def setting(tmp_path_factory, make_tiny_checkpoint, decord_stub):
     from lrs_plugin.data.synthetic.builtin_tasks import write_fixture_task
 
     base = tmp_path_factory.mktemp("builtin")
@@ -51,17 +50,14 @@ def setting(tmp_path_factory):
     assert names == list(TASKS)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    stub = base / "stub"  # lmms-eval's llava_hf imports decord (a video reader) at module level
-    stub.mkdir()
-    (stub / "decord.py").write_text("class VideoReader:\n    pass\n\n\ndef cpu(*a, **k):\n    return None\n")
     env = offline_env(
         {
             "LRS_PLUGIN_HOME": str(base / "home"),
             "OPENAI_API_URL": f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
-            "PYTHONPATH": str(stub),
+            "PYTHONPATH": str(decord_stub),
         }
     )
-    checkpoint = build_tiny_llava(base / "ckpt", arch="llava_next", lm="qwen2")
+    checkpoint = make_tiny_checkpoint("llava_next", "qwen2")
     yield base, env, checkpoint
     server.shutdown()
 

@@ -17,18 +17,14 @@ SUBTASKS = ("lrs_vqa_fair", "lrs_vqa_bridge", "lrs_vqa_star")
 
 
 @pytest.fixture(scope="module")
-def small_tree(tmp_path_factory):
-    from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
-
+def small_tree(make_lrs_vqa_tree):
     sizes = {"FAIR": 6, "GLH-Bridge": 4, "STAR": 7}  # one question per category
-    return write_lrs_vqa(tmp_path_factory.mktemp("c2f_tree"), seed=3, questions_per_subset=sizes, bomb_image=False)
+    return make_lrs_vqa_tree(seed=3, questions_per_subset=sizes, bomb_image=False)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("ckpt") / "tiny-next-qwen2", arch="llava_next", lm="qwen2")
+def checkpoint(make_tiny_checkpoint):
+    return make_tiny_checkpoint("llava_next", "qwen2")
 
 
 def _run(tree, checkpoint, tmp_path_factory, model_args):

@@ -11,24 +11,17 @@ from lrs_plugin.testbed.scenes import CATEGORIES
 
 
 @pytest.fixture(scope="module")
-def synth_tree(tmp_path_factory):
-    from lrs_plugin.testbed.scenes import write_lrs_synth
-
-    return write_lrs_synth(tmp_path_factory.mktemp("synth_tree"), split="eval", seed=5, num_scenes=2)
+def synth_tree(make_lrs_synth_tree):
+    return make_lrs_synth_tree(split="eval", seed=5, num_scenes=2)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("ckpt") / "tiny-next-qwen2", arch="llava_next", lm="qwen2")
+def checkpoint(make_tiny_checkpoint):
+    return make_tiny_checkpoint("llava_next", "qwen2")
 
 
-def _run(tree, checkpoint, tmp_path_factory, model, model_args, extra=()):
-    stub = tmp_path_factory.getbasetemp() / "decord_stub"  # llava_hf imports decord (a video reader) at import
-    stub.mkdir(exist_ok=True)
-    (stub / "decord.py").write_text("class VideoReader:\n    pass\n\n\ndef cpu(*a, **k):\n    return None\n")
-    env = offline_env({"LRS_SYNTH_ROOT": str(tree), "PYTHONPATH": str(stub)})
+def _run(tree, checkpoint, tmp_path_factory, stub, model, model_args, extra=()):
+    env = offline_env({"LRS_SYNTH_ROOT": str(tree), "PYTHONPATH": str(stub)})  # llava_hf imports decord at import
     env["LRS_PLUGIN_HOME"] = str(tmp_path_factory.getbasetemp() / "lrs_plugin_home")
     return run_lmms_eval(
         model=model,
@@ -42,8 +35,8 @@ def _run(tree, checkpoint, tmp_path_factory, model, model_args, extra=()):
     )
 
 
-def test_c2f_oracle_on_lrs_synth_scores_and_finds_the_targets(synth_tree, checkpoint, tmp_path_factory):
-    run = _run(synth_tree, checkpoint, tmp_path_factory, "c2f_llava", "reducer=c2f,focus=oracle")
+def test_c2f_oracle_on_lrs_synth_scores_and_finds_the_targets(synth_tree, checkpoint, tmp_path_factory, decord_stub):
+    run = _run(synth_tree, checkpoint, tmp_path_factory, decord_stub, "c2f_llava", "reducer=c2f,focus=oracle")
     metrics = run.results["results"]["lrs_synth"]
     assert 0.0 <= metrics["aa,none"] <= 100.0
     for category in CATEGORIES:
@@ -62,11 +55,10 @@ def test_c2f_oracle_on_lrs_synth_scores_and_finds_the_targets(synth_tree, checkp
 
 
 @pytest.mark.slow
-def test_reducer_none_answers_lrs_synth_like_builtin_llava_hf(synth_tree, checkpoint, tmp_path_factory):
-    theirs = _run(
-        synth_tree, checkpoint, tmp_path_factory, "llava_hf", "device=cpu,device_map=cpu", extra=("--force_simple",)
-    )
-    ours = _run(synth_tree, checkpoint, tmp_path_factory, "c2f_llava", "reducer=none,device=cpu")
+def test_reducer_none_answers_lrs_synth_like_builtin_llava_hf(synth_tree, checkpoint, tmp_path_factory, decord_stub):
+    args = (synth_tree, checkpoint, tmp_path_factory, decord_stub)
+    theirs = _run(*args, "llava_hf", "device=cpu,device_map=cpu", extra=("--force_simple",))
+    ours = _run(*args, "c2f_llava", "reducer=none,device=cpu")
     for run in (theirs, ours):
         metrics = run.results["results"]["lrs_synth"]
         assert 0.0 <= metrics["aa,none"] <= 100.0 and 0.0 <= metrics["oa,none"] <= 100.0

@@ -18,12 +18,11 @@ from lrs_plugin.scoring.runs import load_run
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from lrs_plugin.testbed.scenes import write_lrs_synth
+def runs(tmp_path_factory, make_lrs_synth_tree):
     from lrs_plugin.testbed.table import shipped_checkpoint
 
     base = tmp_path_factory.mktemp("paired")
-    tree = write_lrs_synth(base / "tree", split="eval", seed=0, num_scenes=3)
+    tree = make_lrs_synth_tree(split="eval", seed=0, num_scenes=3)
     env = offline_env({"LRS_SYNTH_ROOT": str(tree), "LRS_PLUGIN_HOME": str(base / "home")})
     common = {"tasks": ["lrs_synth"], "env": env, "use_task_hook": True, "model": "c2f_llava", "timeout": 900}
     ckpt = shipped_checkpoint()

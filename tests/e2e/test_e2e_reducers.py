@@ -22,15 +22,10 @@ def test_every_registered_reducer_has_options_here():
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-    from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
-
+def setting(tmp_path_factory, make_lrs_vqa_tree, make_tiny_checkpoint):
     base = tmp_path_factory.mktemp("reducers")
-    tree = write_lrs_vqa(
-        base / "tree", seed=7, questions_per_subset={"FAIR": 6, "GLH-Bridge": 4, "STAR": 7}, bomb_image=False
-    )
-    checkpoint = build_tiny_llava(base / "ckpt", arch="llava_next", lm="qwen2")
+    tree = make_lrs_vqa_tree(seed=7, questions_per_subset={"FAIR": 6, "GLH-Bridge": 4, "STAR": 7}, bomb_image=False)
+    checkpoint = make_tiny_checkpoint("llava_next", "qwen2")
     env = offline_env({"LRS_VQA_ROOT": str(tree), "LRS_PLUGIN_HOME": str(base / "home")})
     return base, checkpoint, env
 

@@ -14,11 +14,10 @@ from lrs_plugin.harness.sweep import CSV_COLUMNS
 
 
 @pytest.mark.slow
-def test_a_small_sweep_has_every_point_and_both_pictures(tmp_path):
-    from lrs_plugin.testbed.scenes import write_lrs_synth
+def test_a_small_sweep_has_every_point_and_both_pictures(tmp_path, make_lrs_synth_tree):
     from lrs_plugin.testbed.table import shipped_checkpoint
 
-    tree = write_lrs_synth(tmp_path / "tree", split="eval", seed=0, num_scenes=2)
+    tree = make_lrs_synth_tree(split="eval", seed=0, num_scenes=2)
     env = offline_env({"LRS_SYNTH_ROOT": str(tree), "LRS_PLUGIN_HOME": str(tmp_path / "home")})
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "lrs_plugin.cli", "sweep", "--task", "lrs_synth", "--pretrained"]

@@ -3,7 +3,8 @@
 17 generated questions (odd, so the shards are uneven: 9 and 8 docs, lmms-eval pads rank 1), a tiny random
 checkpoint. The form that really starts 2 processes on CPU is
 ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...`` (``--cpu`` alone runs one).
-The 2-process kill-and-resume test is ``tests/harness/test_resume.py::test_sigkill_then_resume_under_two_processes`` (slow).
+The 2-process kill-and-resume test is
+``tests/harness/test_resume.py::test_sigkill_then_resume_under_two_processes`` (slow).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -29,38 +28,16 @@ EFFICIENCY = ("eff_vision_tokens_encoded", "eff_vision_tokens_to_llm", "eff_tflo
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
-
-    return write_lrs_vqa(tmp_path_factory.mktemp("mp_tree"), seed=3, questions_per_subset=SIZES, bomb_image=False)
+def tree(make_lrs_vqa_tree) -> Path:
+    return make_lrs_vqa_tree(seed=3, questions_per_subset=SIZES, bomb_image=False)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("mp_ckpt") / "tiny-next-qwen2", arch="llava_next", lm="qwen2")
+def checkpoint(make_tiny_checkpoint) -> Path:
+    return make_tiny_checkpoint("llava_next", "qwen2")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _evaluate(tree: Path, checkpoint: Path, out: Path, num_processes: int) -> EvalRun:
-    launcher = None
-    if num_processes > 1:
-        launcher = [
-            str(Path(sys.executable).with_name("accelerate")),
-            "launch",
-            "--multi_gpu",
-            f"--num_processes={num_processes}",
-            "--num_machines=1",
-            "--mixed_precision=no",
-            "--dynamo_backend=no",
-            f"--main_process_port={_free_port()}",
-        ]
+def _evaluate(tree: Path, checkpoint: Path, out: Path, launcher: list[str] | None) -> EvalRun:
     env = offline_env(
         {
             "LRS_VQA_ROOT": str(tree),
@@ -82,8 +59,8 @@ def _evaluate(tree: Path, checkpoint: Path, out: Path, num_processes: int) -> Ev
 
 
 @pytest.fixture(scope="module")
-def runs(tree, checkpoint, tmp_path_factory) -> dict[int, EvalRun]:
-    return {n: _evaluate(tree, checkpoint, tmp_path_factory.mktemp(f"np{n}"), n) for n in (1, 2)}
+def runs(tree, checkpoint, tmp_path_factory, accelerate_launch) -> dict[int, EvalRun]:
+    return {n: _evaluate(tree, checkpoint, tmp_path_factory.mktemp(f"np{n}"), accelerate_launch(n)) for n in (1, 2)}
 
 
 def _metrics(run: EvalRun) -> dict[str, object]:
@@ -140,29 +117,3 @@ def test_samples_of_both_ranks_carry_efficiency(runs):
             assert sample[name] == one[key][name], (key, name)
         assert sample["filtered_resps"] == one[key]["filtered_resps"], key
         assert sample["aa"]["error"] is None, sample["aa"]
-
-
-class _FakeAccelerator:
-    def __init__(self, device: str, num_processes: int, local_process_index: int) -> None:
-        import torch
-
-        self.device = torch.device(device)
-        self.num_processes = num_processes
-        self.local_process_index = local_process_index
-
-
-@pytest.mark.parametrize(
-    ("accelerator", "requested", "expected"),
-    [
-        (("cpu", 2, 1), None, "cpu"),  # ACCELERATE_USE_CPU / no GPU: gloo on the CPU
-        (("cuda:1", 2, 1), None, "cuda:1"),
-        (("cuda", 1, 0), None, "cuda:0"),
-        (("cuda:1", 2, 1), "cuda", "cuda:1"),  # a bare --device cuda goes to the rank's GPU
-        (("cuda:1", 2, 1), "cuda:0", "cuda:0"),  # an explicit index is the user's choice
-        (("cpu", 1, 0), "cpu", "cpu"),
-    ],
-)
-def test_rank_device(accelerator, requested, expected):
-    from lrs_plugin.models.c2f_llava import _rank_device
-
-    assert _rank_device(_FakeAccelerator(*accelerator), requested) == expected

@@ -17,21 +17,13 @@ SUBTASKS = ("lrs_vqa_fair", "lrs_vqa_bridge", "lrs_vqa_star")
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-    from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
-
+def setting(tmp_path_factory, make_lrs_vqa_tree, make_tiny_checkpoint, decord_stub):
     base = tmp_path_factory.mktemp("parity")
-    tree = write_lrs_vqa(
-        base / "tree", seed=5, questions_per_subset={"FAIR": 6, "GLH-Bridge": 4, "STAR": 7}, bomb_image=False
+    tree = make_lrs_vqa_tree(seed=5, questions_per_subset={"FAIR": 6, "GLH-Bridge": 4, "STAR": 7}, bomb_image=False)
+    env = offline_env(
+        {"LRS_VQA_ROOT": str(tree), "LRS_PLUGIN_HOME": str(base / "home"), "PYTHONPATH": str(decord_stub)}
     )
-    stub = base / "stub"
-    stub.mkdir()
-    (stub / "decord.py").write_text(
-        "class VideoReader:  # stand-in: images only\n    pass\n\n\ndef cpu(*a, **k):\n    return None\n"
-    )
-    env = offline_env({"LRS_VQA_ROOT": str(tree), "LRS_PLUGIN_HOME": str(base / "home"), "PYTHONPATH": str(stub)})
-    return base, tree, env, build_tiny_llava
+    return base, tree, env, make_tiny_checkpoint
 
 
 def _predictions(run):
@@ -45,8 +37,8 @@ def _predictions(run):
 
 @pytest.mark.parametrize(("arch", "lm"), [("llava", "llama"), ("llava_next", "qwen2")])
 def test_reducer_none_answers_equal_llava_hf(setting, arch, lm):
-    base, _tree, env, build = setting
-    checkpoint = build(base / f"{arch}-{lm}", arch=arch, lm=lm)
+    base, _tree, env, tiny_checkpoint = setting
+    checkpoint = tiny_checkpoint(arch, lm)
     ours = run_lmms_eval(
         model="c2f_llava",
         model_args=f"pretrained={checkpoint},reducer=none,device=cpu",

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrs_plugin.focus import scorers as focus
 from lrs_plugin.backbone.adapter import Backbone
-from lrs_plugin.backbone.tiny import build_tiny_llava
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.focus import scorers as focus
 from lrs_plugin.focus.scorers import FocusContext, FocusScorer, build_focus, register_focus, save_rfm_original_layout
 
 VARIANTS = [("llava_next", "qwen2"), ("llava", "llama")]
@@ -22,17 +21,9 @@ N_GRID = 30
 TEXT_LAYERS = 3  # so that the default llm_attention layer K = 2 exists
 
 
-def tiny_checkpoint(tmp_path_factory, arch: str, lm: str) -> Path:
-    """Build a tiny checkpoint once per session (shared with test_c2f through the session's base temp dir)."""
-    path = tmp_path_factory.getbasetemp() / "c2f_tiny" / f"{arch}_{lm}"
-    if not (path / "config.json").is_file():
-        build_tiny_llava(path, arch=arch, lm=lm, seed=0, text_layers=TEXT_LAYERS)
-    return path
-
-
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    return {v: tiny_checkpoint(tmp_path_factory, *v) for v in VARIANTS}
+def ckpts(make_tiny_checkpoint) -> dict[tuple[str, str], Path]:
+    return {v: make_tiny_checkpoint(*v, text_layers=TEXT_LAYERS) for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")

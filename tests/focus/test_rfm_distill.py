@@ -58,21 +58,10 @@ def test_bad_configs_are_refused_naming_the_field(kwargs):
 
 
 @pytest.fixture(scope="module")
-def four_layer(tmp_path_factory):
+def four_layer(make_tiny_checkpoint, make_lrs_synth_tree):
     """A tiny LLaVA-NeXT / Qwen2 with 4 LM layers and 32-px tiles (the testbed's scale), and 3 synth scenes."""
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-    from lrs_plugin.testbed.scenes import write_lrs_synth
-
-    ckpt = build_tiny_llava(
-        tmp_path_factory.mktemp("rfm_ckpt") / "m",
-        arch="llava_next",
-        lm="qwen2",
-        image_size=32,
-        patch_size=8,
-        text_layers=4,
-        init_std=0.1,
-    )
-    data = write_lrs_synth(tmp_path_factory.mktemp("rfm_data"), split="train", seed=0, num_scenes=3)
+    ckpt = make_tiny_checkpoint("llava_next", "qwen2", image_size=32, patch_size=8, text_layers=4, init_std=0.1)
+    data = make_lrs_synth_tree(split="train", seed=0, num_scenes=3)
     return ckpt, data
 
 

@@ -7,12 +7,10 @@ stages summing to at most the latency, TTFT within the latency) and KV bytes aga
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lrs_plugin.harness import costs
 from lrs_plugin.harness.costs import STAGES, PeakMemory, StageClock, record_costs
@@ -102,10 +100,8 @@ def test_generate_with_a_clock_gives_the_same_tokens_and_the_prefill_kv_bytes(ti
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("img")) / "a.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def image_path(make_image_file) -> str:
+    return str(make_image_file(150, 230, seed=1, high=255))
 
 
 @pytest.mark.parametrize("name", ["fastv", "pdrop"])
@@ -137,14 +133,14 @@ def test_pre_llm_stages_time_the_cached_encoding_once_per_image(tiny_backbones, 
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(make_tiny_checkpoint):
     """One ``C2FLlava`` (tiny LLaVA-NeXT-Qwen2, CPU) per reducer, built on first use."""
     from lmms_eval.utils import simple_parse_args_string
 
-    from lrs_plugin.backbone.tiny import TINY_REDUCER_OPTIONS, build_tiny_llava
+    from lrs_plugin.backbone.tiny import TINY_REDUCER_OPTIONS
     from lrs_plugin.models.c2f_llava import C2FLlava
 
-    checkpoint = build_tiny_llava(tmp_path_factory.mktemp("ckpt") / "next", arch="llava_next", lm="qwen2")
+    checkpoint = make_tiny_checkpoint(*NEXT)
     cache = {}
 
     def get(reducer: str):

@@ -11,7 +11,6 @@ import json
 import math
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -214,40 +213,13 @@ def test_a_checksummed_line_whose_stats_do_not_fit_the_record_is_skipped(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    from lrs_plugin.data.synthetic.lrs_vqa import write_lrs_vqa
-
-    return write_lrs_vqa(tmp_path_factory.mktemp("resume_tree"), seed=3, questions_per_subset=SIZES, bomb_image=False)
+def tree(make_lrs_vqa_tree) -> Path:
+    return make_lrs_vqa_tree(seed=3, questions_per_subset=SIZES, bomb_image=False)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("resume_ckpt") / "tiny-next-qwen2", arch="llava_next", lm="qwen2")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (for accelerate's rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launcher(num_processes: int) -> list[str] | None:
-    """``None`` (plain ``python -m lmms_eval``) or the multi-process CPU ``accelerate launch`` prefix."""
-    if num_processes == 1:
-        return None
-    return [
-        str(Path(sys.executable).with_name("accelerate")),
-        "launch",
-        "--multi_gpu",  # with ACCELERATE_USE_CPU=true: MULTI_CPU over gloo (plain --cpu runs ONE process)
-        f"--num_processes={num_processes}",
-        "--num_machines=1",
-        "--mixed_precision=no",
-        "--dynamo_backend=no",
-        f"--main_process_port={free_port()}",
-    ]
+def checkpoint(make_tiny_checkpoint) -> Path:
+    return make_tiny_checkpoint("llava_next", "qwen2")
 
 
 def eval_env(tree: Path, tmp: Path) -> dict[str, str]:
@@ -262,15 +234,18 @@ def eval_env(tree: Path, tmp: Path) -> dict[str, str]:
     )
 
 
-def evaluate(tree, checkpoint, out: Path, model_args: str, *, num_processes: int = 1, tasks=("lrs_vqa",)) -> EvalRun:
-    """One complete lmms-eval run (``--verbosity DEBUG``: the model logs each generation, errors give rc 1)."""
+def evaluate(tree, checkpoint, out: Path, model_args: str, *, launcher=None, tasks=("lrs_vqa",)) -> EvalRun:
+    """One complete lmms-eval run (``--verbosity DEBUG``: the model logs each generation, errors give rc 1).
+
+    ``launcher``: the ``accelerate_launch`` prefix (``None``: one process).
+    """
     return run_lmms_eval(
         model="c2f_llava",
         model_args=f"pretrained={checkpoint},{model_args}",
         tasks=list(tasks),
         output_path=out,
         env=eval_env(tree, out),
-        launcher=launcher(num_processes),
+        launcher=launcher,
         extra_args=["--verbosity", "DEBUG"],
         timeout=600,
     )
@@ -298,9 +273,9 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def kill_part_way(tree, checkpoint, out: Path, model_args: str, resume_dir: Path, *, num_processes: int, at: int):
+def kill_part_way(tree, checkpoint, out: Path, model_args: str, resume_dir: Path, *, launcher, at: int):
     """Start lmms-eval, SIGKILL all its processes once ``at`` answers are stored; return (log, lines)."""
-    launch = launcher(num_processes) or [sys.executable]
+    launch = launcher or [sys.executable]
     cmd = [*launch, "-m", "lmms_eval", "--model", "c2f_llava", "--tasks", "lrs_vqa"]
     cmd += ["--model_args", f"pretrained={checkpoint},{model_args}", "--include_path", str(tasks_dir())]
     cmd += ["--output_path", str(out), "--log_samples", "--verbosity", "DEBUG"]
@@ -375,12 +350,13 @@ def uninterrupted(tree, checkpoint, tmp_path_factory) -> EvalRun:
     return run
 
 
-def kill_and_resume(tree, checkpoint, tmp: Path, uninterrupted: EvalRun, num_processes: int) -> dict:
+def kill_and_resume(tree, checkpoint, tmp: Path, uninterrupted: EvalRun, num_processes: int, launch) -> dict:
+    """``launch``: the ``accelerate_launch`` factory (a fresh port for each run)."""
     resume_dir = tmp / "answers"
     model_args = f"{METHOD},resume_dir={resume_dir}"
     started = time.monotonic()
     killed_log, lines = kill_part_way(
-        tree, checkpoint, tmp / "killed", model_args, resume_dir, num_processes=num_processes, at=5
+        tree, checkpoint, tmp / "killed", model_args, resume_dir, launcher=launch(num_processes), at=5
     )
     killed_s = time.monotonic() - started
     generated_before = generated_per_rank(killed_log)
@@ -395,7 +371,7 @@ def kill_and_resume(tree, checkpoint, tmp: Path, uninterrupted: EvalRun, num_pro
     with open(rank0, "ab") as handle:
         handle.write(b'{"task": "lrs_vqa_fair", "key": "0f3a')
 
-    resumed = evaluate(tree, checkpoint, tmp / "resumed", model_args, num_processes=num_processes)
+    resumed = evaluate(tree, checkpoint, tmp / "resumed", model_args, launcher=launch(num_processes))
     regenerated = generated_per_rank(resumed.log)
     assert sum(regenerated.values()) == N_DOCS - stored_before, (regenerated, lines)
     assert "torn last line" in resumed.log
@@ -406,7 +382,7 @@ def kill_and_resume(tree, checkpoint, tmp: Path, uninterrupted: EvalRun, num_pro
 
     # A third run with the same settings generates nothing, also with another world size (1 process reads every
     # rank's file).
-    again = evaluate(tree, checkpoint, tmp / "again", model_args, num_processes=1)
+    again = evaluate(tree, checkpoint, tmp / "again", model_args)
     assert f"{N_DOCS} answers loaded" in again.log
     assert sum(generated_per_rank(again.log).values()) == 0
     assert_same_metrics(again, uninterrupted)
@@ -420,14 +396,14 @@ def kill_and_resume(tree, checkpoint, tmp: Path, uninterrupted: EvalRun, num_pro
     }
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tree, checkpoint, tmp_path, uninterrupted):
-    numbers = kill_and_resume(tree, checkpoint, tmp_path, uninterrupted, num_processes=1)
+def test_sigkill_then_resume_matches_uninterrupted_run(tree, checkpoint, tmp_path, uninterrupted, accelerate_launch):
+    numbers = kill_and_resume(tree, checkpoint, tmp_path, uninterrupted, 1, accelerate_launch)
     print("kill-and-resume, 1 process:", numbers)
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_under_two_processes(tree, checkpoint, tmp_path, uninterrupted):
-    numbers = kill_and_resume(tree, checkpoint, tmp_path, uninterrupted, num_processes=2)
+def test_sigkill_then_resume_under_two_processes(tree, checkpoint, tmp_path, uninterrupted, accelerate_launch):
+    numbers = kill_and_resume(tree, checkpoint, tmp_path, uninterrupted, 2, accelerate_launch)
     print("kill-and-resume, 2 processes:", numbers)
 
 

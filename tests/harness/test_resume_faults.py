@@ -344,10 +344,8 @@ def test_efficiency_tally_counts_unsaved_answers_only_when_there_are_some():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("ckpt") / "llava_next-qwen2", arch="llava_next", lm="qwen2")
+def checkpoint(make_tiny_checkpoint):
+    return make_tiny_checkpoint("llava_next", "qwen2")
 
 
 def _generate(model, n: int) -> tuple[list[str], list[dict]]:

@@ -113,31 +113,6 @@ def samples_of(results: Path) -> list[Path]:
     return sorted(results.parent.glob("*_samples_*.jsonl"))
 
 
-def measured_row(model: str = "m", avg: float = 30.0, **changes) -> dict:
-    """A valid measured row (typed) built without a results file."""
-    row = {c: None for c in COLUMN_NAMES}
-    text = {c.name for c in lb.COLUMNS if c.kind == "text"}
-    row.update({c: "" for c in text})
-    row.update(mme_rw_rs=avg, lrs_fair=avg, lrs_bridge=avg, lrs_star=avg, avg_acc=avg)
-    row.update(
-        model=model,
-        method="c2f",
-        setting="default",
-        source="measured",
-        scoring="wordnet+official",
-        plugin_version="0.1.0",
-        lmms_eval_version="0.7.3",
-        config_hash="a" * 64,
-        date="2026-01-02",
-        results_link="https://example.org/results.json",
-    )
-    row.update(changes)
-    return row
-
-
-# ---------------------------------------------------------------- round trip
-
-
 def test_round_trip_results_file_to_csv_and_back(tmp_path):
     results = write_results(tmp_path / "run")
     csv_path = tmp_path / "leaderboard.csv"
@@ -263,7 +238,7 @@ def test_partial_benchmark_row_has_no_avg_acc(tmp_path):
 
 
 @pytest.mark.parametrize("prefix", ["=", "+", "-", "@"])
-def test_formula_cells_are_refused(prefix):
+def test_formula_cells_are_refused(prefix, measured_row):
     errors = lb.validate_rows([measured_row(model=f'{prefix}HYPERLINK("x")')])
     assert any("model=" in e and "formula" in e and repr(prefix) in e for e in errors), errors
 
@@ -295,12 +270,12 @@ def test_formula_cells_are_refused(prefix):
         ({"model": 3}, "model=3 must be text"),
     ],
 )
-def test_validate_rows_rejections(changes, message):
+def test_validate_rows_rejections(changes, message, measured_row):
     errors = lb.validate_rows([measured_row(**changes)])
     assert any(message in e for e in errors), errors
 
 
-def test_a_file_without_the_optional_measured_columns_is_read_and_rewritten_with_them(tmp_path):
+def test_a_file_without_the_optional_measured_columns_is_read_and_rewritten_with_them(tmp_path, measured_row):
     from lrs_plugin.leaderboard.schema import OPTIONAL_COLUMNS
 
     old_header = [c for c in COLUMN_NAMES if c not in OPTIONAL_COLUMNS]
@@ -318,7 +293,7 @@ def test_a_file_without_the_optional_measured_columns_is_read_and_rewritten_with
     assert any("header is not the schema's columns in order" in e for e in lb.validate_file(csv_path))
 
 
-def test_missing_column_and_duplicate_key_are_refused():
+def test_missing_column_and_duplicate_key_are_refused(measured_row):
     row = measured_row()
     del row["tflops"]
     assert any("missing column(s) ['tflops']" in e for e in lb.validate_rows([row]))
@@ -327,7 +302,7 @@ def test_missing_column_and_duplicate_key_are_refused():
     assert lb.validate_rows([measured_row(), measured_row(setting="p25")]) == []
 
 
-def test_validate_file_reports_header_and_row_problems(tmp_path):
+def test_validate_file_reports_header_and_row_problems(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     path.write_text("model,method\nx,y\n")
     (error,) = lb.validate_file(path)
@@ -343,7 +318,7 @@ def test_validate_file_reports_header_and_row_problems(tmp_path):
 # ---------------------------------------------------------------- submit
 
 
-def test_submit_refuses_duplicates_unless_replace(tmp_path):
+def test_submit_refuses_duplicates_unless_replace(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(avg=30.0), path)
     with pytest.raises(lb.LeaderboardError, match="already has a row with key model='m'.*replace=True"):
@@ -353,7 +328,7 @@ def test_submit_refuses_duplicates_unless_replace(tmp_path):
     assert [r["avg_acc"] for r in lb.read_rows(path)] == [40.0]
 
 
-def test_submit_refuses_paper_rows_and_invalid_rows(tmp_path):
+def test_submit_refuses_paper_rows_and_invalid_rows(tmp_path, measured_row):
     paper = lb.paper_rows()[0]
     with pytest.raises(lb.LeaderboardError, match="source=measured rows only"):
         lb.submit(paper, tmp_path / "lb.csv")
@@ -362,16 +337,17 @@ def test_submit_refuses_paper_rows_and_invalid_rows(tmp_path):
     assert not (tmp_path / "lb.csv").exists()
 
 
-def _submit_many(csv_path: str, prefix: str, count: int) -> None:
-    for i in range(count):
-        lb.submit(measured_row(model=f"{prefix}{i}", avg=10.0 + i), csv_path)
+def _submit_many(csv_path: str, rows: list[dict]) -> None:
+    for row in rows:
+        lb.submit(row, csv_path)
 
 
-def test_two_processes_submitting_at_once_keep_every_row(tmp_path):
+def test_two_processes_submitting_at_once_keep_every_row(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.seed(path)
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    procs = [ctx.Process(target=_submit_many, args=(str(path), p, 6)) for p in ("alpha", "beta")]
+    rows = {p: [measured_row(model=f"{p}{i}", avg=10.0 + i) for i in range(6)] for p in ("alpha", "beta")}
+    procs = [ctx.Process(target=_submit_many, args=(str(path), rows[p])) for p in ("alpha", "beta")]
     for p in procs:
         p.start()
     for p in procs:
@@ -383,7 +359,7 @@ def test_two_processes_submitting_at_once_keep_every_row(tmp_path):
     assert not list(tmp_path.glob(".lb.csv.*.tmp"))
 
 
-def test_crash_during_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+def test_crash_during_write_leaves_previous_file_intact(tmp_path, monkeypatch, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(model="first"), path)
     before = path.read_bytes()
@@ -404,7 +380,7 @@ def test_crash_during_write_leaves_previous_file_intact(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- sort, paper rows, seed
 
 
-def test_sort_is_deterministic_with_tie_breakers():
+def test_sort_is_deterministic_with_tie_breakers(measured_row):
     rows = [
         measured_row(model="b", avg=30.0),
         measured_row(model="a", avg=30.0, setting="z"),
@@ -454,7 +430,7 @@ def test_repository_leaderboard_is_valid_and_holds_the_paper_rows():
     assert [r for r in rows if r["source"] == "paper"] == lb.paper_rows()
 
 
-def test_seed_keeps_measured_rows(tmp_path):
+def test_seed_keeps_measured_rows(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(model="mine"), path)
     count = lb.seed(path)
@@ -467,7 +443,7 @@ def test_seed_keeps_measured_rows(tmp_path):
 # ---------------------------------------------------------------- render
 
 
-def test_render_writes_between_markers_and_a_png(tmp_path):
+def test_render_writes_between_markers_and_a_png(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.seed(path)
     lb.submit(measured_row(model="cheap", avg=30.0, tflops=2.0, setting="fast"), path)

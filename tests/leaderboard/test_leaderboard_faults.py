@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lrs_plugin.leaderboard import submit as lb
 from lrs_plugin.errors import LrsPluginError
+from lrs_plugin.leaderboard import submit as lb
 from lrs_plugin.leaderboard.schema import COLUMN_NAMES, shown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,27 +24,6 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 TEXT_COLUMNS = [c.name for c in lb.COLUMNS if c.kind == "text"]
 TEN_MB = 10_000_000
 CSV_FIELD_LIMIT = 131_072  # the csv module's default field_size_limit
-
-
-def measured_row(model: str = "m", avg: float = 30.0, **changes) -> dict:
-    """A valid measured row (typed) built without a results file."""
-    row = {c: None for c in COLUMN_NAMES}
-    row.update({c: "" for c in TEXT_COLUMNS})
-    row.update(mme_rw_rs=avg, lrs_fair=avg, lrs_bridge=avg, lrs_star=avg, avg_acc=avg)
-    row.update(
-        model=model,
-        method="c2f",
-        setting="default",
-        source="measured",
-        scoring="wordnet+official",
-        plugin_version="0.1.0",
-        lmms_eval_version="0.7.3",
-        config_hash="a" * 64,
-        date="2026-01-02",
-        results_link="https://example.org/results.json",
-    )
-    row.update(changes)
-    return row
 
 
 def results_file(folder: Path) -> Path:
@@ -83,7 +62,7 @@ def assert_safe_message(text: str, max_len: int = 600) -> None:
 # ---------------------------------------------------------------- 1. cell length
 
 
-def test_submit_refuses_a_10_mb_cell_and_the_file_stays_usable(tmp_path):
+def test_submit_refuses_a_10_mb_cell_and_the_file_stays_usable(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(model="first"), path)
     before = path.read_bytes()
@@ -100,13 +79,13 @@ def test_submit_refuses_a_10_mb_cell_and_the_file_stays_usable(tmp_path):
 
 
 @pytest.mark.parametrize("column", TEXT_COLUMNS)
-def test_every_text_column_has_a_documented_limit(column):
+def test_every_text_column_has_a_documented_limit(column, measured_row):
     limit = lb.MAX_LINK_CHARS if column == "results_link" else lb.MAX_CELL_CHARS
     errors = lb.validate_rows([measured_row(**{column: "a" * (limit + 1)})])
     assert any(f"{column} is {limit + 1} characters long, the limit is {limit}" in e for e in errors), errors
 
 
-def test_cells_at_the_limit_are_accepted(tmp_path):
+def test_cells_at_the_limit_are_accepted(tmp_path, measured_row):
     row = measured_row(
         model="m" * lb.MAX_CELL_CHARS,
         reference="r" * lb.MAX_CELL_CHARS,
@@ -123,7 +102,7 @@ def test_the_longest_paper_cell_is_far_under_the_limit():
     assert longest <= lb.MAX_CELL_CHARS // 5
 
 
-def test_an_oversized_numeric_string_is_refused_before_parsing():
+def test_an_oversized_numeric_string_is_refused_before_parsing(measured_row):
     errors = lb.validate_rows([measured_row(tflops="1" * 5000)])
     assert any("tflops is 5000 characters long, the limit is 1000" in e for e in errors), errors
 
@@ -135,7 +114,7 @@ def _oversize_by_hand(path: Path, line: int, length: int) -> None:
     path.write_text("".join(lines), encoding="utf-8")
 
 
-def test_a_hand_edited_field_over_the_csv_limit_is_a_typed_error_naming_file_and_line(tmp_path):
+def test_a_hand_edited_field_over_the_csv_limit_is_a_typed_error_naming_file_and_line(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(model="a", avg=40.0), path)
     lb.submit(measured_row(model="b", avg=30.0), path)
@@ -151,7 +130,7 @@ def test_a_hand_edited_field_over_the_csv_limit_is_a_typed_error_naming_file_and
     assert csv.field_size_limit() == CSV_FIELD_LIMIT  # not raised globally to read the file
 
 
-def test_a_hand_edited_field_under_the_csv_limit_is_a_length_problem(tmp_path):
+def test_a_hand_edited_field_under_the_csv_limit_is_a_length_problem(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(), path)
     _oversize_by_hand(path, line=2, length=5000)
@@ -160,7 +139,7 @@ def test_a_hand_edited_field_under_the_csv_limit_is_a_length_problem(tmp_path):
     assert_safe_message(error)
 
 
-def test_any_csv_error_while_reading_is_typed(tmp_path, monkeypatch):
+def test_any_csv_error_while_reading_is_typed(tmp_path, monkeypatch, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(), path)
     path.write_text(path.read_text() + '"a"b,c\n')
@@ -170,7 +149,7 @@ def test_any_csv_error_while_reading_is_typed(tmp_path, monkeypatch):
     assert error.startswith(f"{path}:3: not readable as CSV (") and "expected after" in error
 
 
-def test_unreadable_bytes_and_a_spreadsheet_bom(tmp_path):
+def test_unreadable_bytes_and_a_spreadsheet_bom(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(), path)
     good = path.read_bytes()
@@ -198,18 +177,18 @@ def test_unreadable_bytes_and_a_spreadsheet_bom(tmp_path):
         (" \t-2+3", "-"),
     ],
 )
-def test_owasp_formula_prefixes_are_refused_in_text_cells(value, first):
+def test_owasp_formula_prefixes_are_refused_in_text_cells(value, first, measured_row):
     for column in ("model", "hardware", "reference"):
         errors = lb.validate_rows([measured_row(**{column: value})])
         assert any(f"{column}=" in e and "formula" in e and f"starts with {first!r}" in e for e in errors), errors
 
 
 @pytest.mark.parametrize("value", ["LLaVA-Next*", "a-b", "model+x", "x=1", "user@host", " leading space", "1x H200"])
-def test_ordinary_text_is_accepted(value):
+def test_ordinary_text_is_accepted(value, measured_row):
     assert lb.validate_rows([measured_row(model=value)]) == []
 
 
-def test_numeric_columns_are_numbers_not_formulas(tmp_path):
+def test_numeric_columns_are_numbers_not_formulas(tmp_path, measured_row):
     # A numeric cell is parsed as a finite number: "=1+1" is not one, and no column takes negatives.
     assert any("mme_rw_rs='=1+1' is not a number" in e for e in lb.validate_rows([measured_row(mme_rw_rs="=1+1")]))
     assert any("tflops=-1.0 is negative" in e for e in lb.validate_rows([measured_row(tflops=-1.0)]))
@@ -223,7 +202,7 @@ def test_numeric_columns_are_numbers_not_formulas(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["a\x1b[31mb", "a\tb", "a\x00b", "a\x7fb", "a\x85b", "a\u202eb", "a\u2028b"])
-def test_control_characters_are_refused_in_text_cells(value):
+def test_control_characters_are_refused_in_text_cells(value, measured_row):
     errors = lb.validate_rows([measured_row(model=value)])
     assert any("contains a control character" in e or "contains a line break" in e for e in errors), errors
 
@@ -243,7 +222,7 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=["LF", "CR", "ANSI", "BEL", "NUL", "bidi", "10MB"])
-def test_every_message_quoting_a_user_value_is_escaped_and_short(value, tmp_path):
+def test_every_message_quoting_a_user_value_is_escaped_and_short(value, tmp_path, measured_row):
     rows = [
         measured_row(model=value),
         measured_row(model="m2", method=value),
@@ -321,7 +300,7 @@ KILLER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("point", ["replace", "fsync"])
-def test_submit_killed_before_the_swap_leaves_the_old_file_byte_for_byte(tmp_path, point):
+def test_submit_killed_before_the_swap_leaves_the_old_file_byte_for_byte(tmp_path, point, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(model="first"), path)
     before = path.read_bytes()
@@ -348,7 +327,7 @@ def test_submit_killed_before_the_swap_leaves_the_old_file_byte_for_byte(tmp_pat
     assert list(tmp_path.glob(".lb.csv.*.tmp")) == []
 
 
-def test_stale_temp_cleanup_touches_only_this_files_temps(tmp_path):
+def test_stale_temp_cleanup_touches_only_this_files_temps(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(), path)
     mine = tmp_path / ".lb.csv.abcd1234.tmp"
@@ -361,7 +340,7 @@ def test_stale_temp_cleanup_touches_only_this_files_temps(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permission bits")
-def test_a_rewrite_keeps_the_files_permissions(tmp_path):
+def test_a_rewrite_keeps_the_files_permissions(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(model="a"), path)
     umask = os.umask(0)
@@ -404,7 +383,7 @@ def test_cli_bad_submit_prints_one_typed_line(tmp_path, model, fragments):
     assert ok.returncode == 0, ok.stderr
 
 
-def test_cli_on_a_file_with_a_huge_field(tmp_path):
+def test_cli_on_a_file_with_a_huge_field(tmp_path, measured_row):
     path = tmp_path / "lb.csv"
     lb.submit(measured_row(), path)
     _oversize_by_hand(path, line=2, length=TEN_MB)

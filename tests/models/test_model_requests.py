@@ -33,10 +33,8 @@ TINY_OPTIONS = {name: simple_parse_args_string(args) for name, args in TINY_REDU
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("ckpt") / "llava_next-qwen2", arch="llava_next", lm="qwen2")
+def checkpoint(make_tiny_checkpoint):
+    return make_tiny_checkpoint("llava_next", "qwen2")
 
 
 @pytest.fixture(scope="module")

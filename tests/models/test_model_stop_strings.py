@@ -21,10 +21,8 @@ CONTEXT = "What color is the roof?"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("ckpt") / "llava_next-qwen2", arch="llava_next", lm="qwen2")
+def checkpoint(make_tiny_checkpoint):
+    return make_tiny_checkpoint("llava_next", "qwen2")
 
 
 def _model(checkpoint, **extra: Any):

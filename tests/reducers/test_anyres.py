@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import types
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,23 +31,15 @@ CKPT = [[56, 112], [112, 56], [112, 112], [56, 168], [168, 56]]  # the tiny chec
 SIZES = [(56, 200), (200, 56), (100, 100), (20, 30), (150, 230), (400, 90), (90, 400), (30, 170)]
 
 
-def _image(h: int, w: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
 @pytest.fixture(scope="module")
 def next_bb(tiny_backbones) -> Backbone:
     return tiny_backbones[NEXT]
 
 
 @pytest.fixture(scope="module")
-def image_paths(tmp_path_factory) -> dict[str, str]:
-    root = Path(tmp_path_factory.mktemp("anyres_img"))
-    paths = {}
-    for name, (h, w) in {"odd": (150, 230), "big": (400, 400), "wide": (56, 200)}.items():
-        paths[name] = str(root / f"{name}.png")
-        _image(h, w, seed=h + w).save(paths[name])
-    return paths
+def image_paths(make_image_file) -> dict[str, str]:
+    sizes = {"odd": (150, 230), "big": (400, 400), "wide": (56, 200)}
+    return {name: str(make_image_file(h, w, seed=h + w)) for name, (h, w) in sizes.items()}
 
 
 def _ask(reducer, image_path: str):
@@ -166,8 +156,8 @@ def test_pack_anyres_errors() -> None:
 
 # ------------------------------------------------------------------------------------------------ backbone
 @pytest.mark.parametrize(("h", "w"), SIZES)
-def test_explicit_checkpoint_pinpoints_equal_stock_path(next_bb, h, w) -> None:
-    image = _image(h, w, seed=h + w)
+def test_explicit_checkpoint_pinpoints_equal_stock_path(next_bb, h, w, make_image) -> None:
+    image = make_image(h, w, seed=h + w)
     stock = next_bb.plain_vision_embeds(image)
     ours = next_bb.plain_vision_embeds(image, grid_pinpoints=next_bb.config.image_grid_pinpoints)
     assert ours.shape == stock.shape and ours.dtype == stock.dtype
@@ -178,10 +168,10 @@ def test_explicit_checkpoint_pinpoints_equal_stock_path(next_bb, h, w) -> None:
     assert 1 <= newlines <= rows * 4  # one per kept patch row
 
 
-def test_wider_grid_than_checkpoint_and_nothing_shared_changes(next_bb) -> None:
+def test_wider_grid_than_checkpoint_and_nothing_shared_changes(next_bb, make_image) -> None:
     cfg_before = copy.deepcopy(next_bb.config.image_grid_pinpoints)
     proc_before = copy.deepcopy(next_bb.processor.image_processor.image_grid_pinpoints)
-    image = _image(400, 400)
+    image = make_image(400, 400)
     vision = next_bb.plain_vision_embeds(image, grid_pinpoints=square_pinpoints(9, 56))
     assert vision.shape[0] == 16 + 12 * (12 + 1)  # base + 3x3 tiles of 4x4 patches, one newline per row
     assert next_bb.config.image_grid_pinpoints == cfg_before
@@ -189,15 +179,15 @@ def test_wider_grid_than_checkpoint_and_nothing_shared_changes(next_bb) -> None:
     assert next_bb.plain_vision_embeds(image).shape[0] == 16 + 8 * (8 + 1)  # the stock path still 2x2
 
 
-def test_plain_vision_pinpoints_refused_on_llava15(tiny_backbones) -> None:
+def test_plain_vision_pinpoints_refused_on_llava15(tiny_backbones, make_image) -> None:
     with pytest.raises(ConfigError, match="LLaVA-NeXT"):
-        tiny_backbones[("llava", "llama")].plain_vision_embeds(_image(60, 60), grid_pinpoints=[[56, 56]])
+        tiny_backbones[("llava", "llama")].plain_vision_embeds(make_image(60, 60), grid_pinpoints=[[56, 56]])
 
 
 @pytest.mark.parametrize("pinpoints", [None, CKPT, square_pinpoints(9, 56), square_pinpoints(1, 56)])
 @pytest.mark.parametrize(("h", "w"), [(400, 400), (56, 200), (20, 30)])
-def test_num_tiles_counts_what_is_encoded(next_bb, pinpoints, h, w) -> None:
-    crops, _ = next_bb.image_crops(_image(h, w), pinpoints)
+def test_num_tiles_counts_what_is_encoded(next_bb, pinpoints, h, w, make_image) -> None:
+    crops, _ = next_bb.image_crops(make_image(h, w), pinpoints)
     assert _num_tiles(next_bb, (w, h), pinpoints) == crops.shape[0]
 
 
@@ -342,17 +332,17 @@ def test_pool_tiles_rejects_unknown_modes() -> None:
         pool_tiles(torch.zeros(1, 16, 2), "mean")
 
 
-def test_backbone_pools_grid_tiles_when_the_config_says_so(tmp_path) -> None:
+def test_backbone_pools_grid_tiles_when_the_config_says_so(tmp_path, make_tiny_checkpoint, make_image) -> None:
     import json
+    import shutil
 
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    ckpt = build_tiny_llava(tmp_path / "pooled", arch="llava_next", lm="qwen2")
+    ckpt = tmp_path / "pooled"
+    shutil.copytree(make_tiny_checkpoint("llava_next", "qwen2"), ckpt)
     cfg = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**cfg, "anyres_tile_pool": "average"}))
     bb = Backbone.from_pretrained(ckpt, dtype="float32")
     assert bb.anyres_tile_pool == "average"
-    image = _image(230, 150)
+    image = make_image(230, 150)
     pixel_values, grid = bb.image_crops(image)
     tiles = bb.encode_tiles(pixel_values)
     ref = pack_anyres(tiles[0], tiles[1:], grid, (image.height, image.width), bb.image_newline, tile_pool="average")

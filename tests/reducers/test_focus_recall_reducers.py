@@ -9,8 +9,6 @@ patch's mean colour must sit at its cell's centre). Then ``random``, ``visionzip
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -38,10 +36,8 @@ KEYS = ("focus_tile_recall", "focus_token_recall")
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("recall_img")) / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def image_path(make_image_file) -> str:
+    return str(make_image_file(150, 230, high=255))
 
 
 def _noise(h: int, w: int) -> Image.Image:

@@ -8,8 +8,6 @@ The reference functions below follow ``token_prune_merge_advanced`` / ``token_pr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -126,24 +124,16 @@ def ref_prune_merge(image_features, desired_layer_q, desired_layer_k, *, plus, i
 
 # --------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> tuple[str, Image.Image]:
-    path = Path(tmp_path_factory.mktemp("pm")) / "a.png"
-    img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (150, 230, 3), dtype=np.uint8))
-    img.save(path)
-    return str(path), img
+def image(make_image_file, make_image) -> tuple[str, Image.Image]:
+    return str(make_image_file(150, 230, seed=3, high=255)), make_image(150, 230, seed=3, high=255)
 
 
 @pytest.fixture(scope="module")
-def eager_backbones(tmp_path_factory) -> dict[tuple[str, str], Backbone]:
+def eager_backbones(make_tiny_checkpoint) -> dict[tuple[str, str], Backbone]:
     """Eager float64 copies: the tiny towers' peaked softmax makes float32 rounding visible in merged tokens."""
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    root = tmp_path_factory.mktemp("pm_eager")
     out = {}
     for v in VARIANTS:
-        bb = Backbone.from_pretrained(
-            build_tiny_llava(root / v[0], arch=v[0], lm=v[1]), dtype="float32", attn_implementation="eager"
-        )
+        bb = Backbone.from_pretrained(make_tiny_checkpoint(*v), dtype="float32", attn_implementation="eager")
         bb.model.double()
         out[v] = bb
     return out
@@ -369,9 +359,9 @@ def test_adaptive_stats_follow_the_tiles(tiny_backbones, image) -> None:
     }
 
 
-def test_max_tiles(tiny_backbones) -> None:
+def test_max_tiles(tiny_backbones, make_image) -> None:
     bb = tiny_backbones[("llava_next", "qwen2")]
-    big = Image.fromarray(np.random.default_rng(1).integers(0, 255, (400, 400, 3), dtype=np.uint8))
+    big = make_image(400, 400, seed=1, high=255)
     reducer = build_reducer("prumerge", bb, {"adaptive": False, "reduction_ratio": 0.125, "max_tiles": "9"})
     vision, tiles, counts = reducer.vision_tokens(big)
     assert tiles == 1 + 9 and counts == [2 + 2 + 1] * 10 and vision.shape[0] == 50  # a 3x3 grid

@@ -14,13 +14,10 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lrs_plugin.backbone.adapter import Backbone
 from lrs_plugin.errors import ConfigError
@@ -91,10 +88,8 @@ def backbones(tiny_backbones) -> dict[tuple[str, str], Backbone]:
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("img")) / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def image_path(make_image_file) -> str:
+    return str(make_image_file(150, 230, high=255))
 
 
 class _Spy:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from lrs_plugin.backbone.adapter import Backbone
-from lrs_plugin.backbone.tiny import build_tiny_llava
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.focus.attention import attention_dims
 from lrs_plugin.reducers._prefill import (
@@ -47,11 +45,8 @@ NEW_TOKENS = 10
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("in_llm_tiny")
-    return {
-        v: build_tiny_llava(root / f"{v[0]}_{v[1]}", arch=v[0], lm=v[1], seed=0, text_layers=LAYERS) for v in VARIANTS
-    }
+def checkpoints(make_tiny_checkpoint) -> dict[tuple[str, str], Path]:
+    return {v: make_tiny_checkpoint(*v, text_layers=LAYERS) for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +59,8 @@ def backbones(checkpoints) -> dict[tuple[str, str, str], Backbone]:
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("in_llm_img") / "img.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def image_path(make_image_file) -> str:
+    return str(make_image_file(120, 200))
 
 
 def _split(backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,10 +21,8 @@ def backbones(tiny_backbones) -> dict[tuple[str, str], Backbone]:
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("img")) / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def image_path(make_image_file) -> str:
+    return str(make_image_file(90, 140, high=255))
 
 
 def _ask(reducer, image_path: str):

@@ -8,13 +8,10 @@ up to the token with which the stop string first appears, and no token after it.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from lrs_plugin.backbone import adapter
+from lrs_plugin.backbone import language
 from lrs_plugin.backbone.stops import cut_at_stop
 from lrs_plugin.flops.accounting import ModelDims, sample_tflops
 from lrs_plugin.reducers.registry import build_reducer
@@ -29,10 +26,8 @@ MAX_NEW = 16
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("stop_img")) / "a.png"
-    Image.fromarray(np.random.default_rng(4).integers(0, 255, (150, 230, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def image_path(make_image_file) -> str:
+    return str(make_image_file(150, 230, seed=4, high=255))
 
 
 @pytest.fixture
@@ -41,11 +36,11 @@ def generated_ids(monkeypatch) -> list[tuple[int, ...]]:
     seen: list[tuple[int, ...]] = []
 
     @dataclasses.dataclass(frozen=True)
-    class Recorded(adapter.GenerationOutput):
+    class Recorded(language.GenerationOutput):
         def __post_init__(self) -> None:
             seen.append(self.new_token_ids)
 
-    monkeypatch.setattr(adapter, "GenerationOutput", Recorded)
+    monkeypatch.setattr(language, "GenerationOutput", Recorded)
     return seen
 
 

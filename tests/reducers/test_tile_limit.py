@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
-from PIL import Image
 
 from lrs_plugin.errors import ConfigError
 from lrs_plugin.reducers._tiles import TileLimit
@@ -25,10 +21,8 @@ REDUCERS = {
 
 
 @pytest.fixture(scope="module")
-def big_image(tmp_path_factory) -> str:
-    path = Path(tmp_path_factory.mktemp("tiles")) / "big.png"
-    Image.fromarray(np.random.default_rng(5).integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(path)
-    return str(path)
+def big_image(make_image_file) -> str:
+    return str(make_image_file(400, 400, seed=5, high=255))
 
 
 @pytest.mark.parametrize("name", sorted(REDUCERS))

@@ -7,9 +7,6 @@ weights transformers returns with ``output_attentions``; the reducer under test 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -65,22 +62,14 @@ def ref_restore(image_feature, keep_idx, width, height, g):
 
 # --------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> tuple[str, Image.Image]:
-    path = Path(tmp_path_factory.mktemp("vz")) / "a.png"
-    img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (150, 230, 3), dtype=np.uint8))
-    img.save(path)
-    return str(path), img
+def image(make_image_file, make_image) -> tuple[str, Image.Image]:
+    return str(make_image_file(150, 230, seed=3, high=255)), make_image(150, 230, seed=3, high=255)
 
 
 @pytest.fixture(scope="module")
-def eager_backbones(tmp_path_factory) -> dict[tuple[str, str], Backbone]:
-    from lrs_plugin.backbone.tiny import build_tiny_llava
-
-    root = tmp_path_factory.mktemp("vz_eager")
+def eager_backbones(make_tiny_checkpoint) -> dict[tuple[str, str], Backbone]:
     return {
-        v: Backbone.from_pretrained(
-            build_tiny_llava(root / v[0], arch=v[0], lm=v[1]), dtype="float32", attn_implementation="eager"
-        )
+        v: Backbone.from_pretrained(make_tiny_checkpoint(*v), dtype="float32", attn_implementation="eager")
         for v in VARIANTS
     }
 
@@ -245,9 +234,9 @@ def test_answer_stats_and_budget(tiny_backbones, image, variant) -> None:
     assert mine["vision_tower"] == plain["vision_tower"] and mine["llm_prefill"] < plain["llm_prefill"]
 
 
-def test_max_tiles_square_grid(tiny_backbones, tmp_path) -> None:
+def test_max_tiles_square_grid(tiny_backbones, make_image) -> None:
     bb = tiny_backbones[("llava_next", "qwen2")]
-    big = Image.fromarray(np.random.default_rng(1).integers(0, 255, (400, 400, 3), dtype=np.uint8))
+    big = make_image(400, 400, seed=1, high=255)
     reducer = build_reducer("visionzip", bb, {"dominant": 3, "contextual": 1, "max_tiles": "9"})
     vision, tiles = reducer.vision_tokens(big)
     assert tiles == 1 + 9 and vision.shape[0] == 10 * 4  # a 3x3 grid, beyond the checkpoint's 2x2 / 1x3 grids

@@ -9,8 +9,8 @@ import nltk.data
 import pytest
 
 from lrs_plugin import scoring
-from lrs_plugin.scoring import wordnet
 from lrs_plugin.errors import ConfigError, ScoringInputError, WordNetUnavailableError
+from lrs_plugin.scoring import wordnet
 
 
 def _have_wordnet() -> bool:

@@ -12,8 +12,8 @@ from pathlib import Path
 import nltk.data
 import pytest
 
-from lrs_plugin.scoring import wordnet
 from lrs_plugin.errors import WordNetUnavailableError
+from lrs_plugin.scoring import wordnet
 
 MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
 

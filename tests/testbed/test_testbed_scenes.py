@@ -17,8 +17,8 @@ SUBSETS = {scenes.SUBSET: CATEGORIES}
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return write_lrs_synth(tmp_path_factory.mktemp("synth"), split="eval", seed=0, num_scenes=6)
+def tree(make_lrs_synth_tree):
+    return make_lrs_synth_tree(split="eval", seed=0, num_scenes=6)
 
 
 def test_rows_follow_the_lrs_vqa_schema_and_read_back(tree):
