@@ -309,7 +309,9 @@ def build_row(
         row[col] = _weighted(results, sizes, metric)
     measured = [c for c in ("latency_s", "ttft_s", "peak_memory_mib") if row[c] is not None]
     if measured and not hardware:
-        raise LeaderboardError(f"{path}: the results carry {', '.join(measured)}; name the hardware it ran on (--hardware)")
+        raise LeaderboardError(
+            f"{path}: the results carry {', '.join(measured)}; name the hardware it ran on (--hardware)"
+        )
     row.update(
         hardware=hardware or "",
         source="measured",
