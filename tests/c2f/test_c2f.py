@@ -310,10 +310,10 @@ def test_oracle_zooms_into_the_box_within_the_budget(backbones, images, variant,
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
-def test_unpad_floor_quirk_off_shows_a_target_in_the_partial_strip(backbones, tmp_path, variant):
+def test_unpad_floor_quirk_off_shows_a_target_in_the_partial_strip(backbones, make_image_file, variant):
     """A box in the base grid's partial last column: the released crop never scores it, ceil keeps it in view."""
     bb = backbones[variant]
-    path = _png(tmp_path / "strip.png", 470, 300, seed=3)  # base 168 x 107 px: 3.83 token rows of 28 px
+    path = make_image_file(300, 470, seed=3)  # 470 x 300; base 168 x 107 px: 3.83 token rows of 28 px
     box = [10, 290, 40, 299]  # base rows 3.70-3.81: only in the partial 4th row
     with LargeImage(path) as image:
         got = {}
