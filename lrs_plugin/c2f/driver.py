@@ -65,6 +65,9 @@ class C2FConfig:
     # True: the released tile-vote mapping (unpadded token grid / padded tile grid, newlines vote for the last tile
     # column, §3.3.3-5); False: exact mapping through pixel coordinates.
     newline_vote_quirk: bool = True
+    # True: the released unpadding truncates (int()) and drops the last token row / column the content only partly
+    # fills, §2.3.3; False: keep it (ceil). Matters when one token is a large share of the base level.
+    unpad_floor_quirk: bool = True
     # Masked placeholder keys in the scoring softmax: None = the scorer's own default (rfm: "faithful", the released
     # +1 logit quirk, §3.4.2; llm_attention: "exclude"), or force "faithful" / "exclude".
     masked_key_mode: str | None = None
@@ -91,7 +94,7 @@ class C2FConfig:
             raise _invalid("base_long_side_tiles", self.base_long_side_tiles, "an int >= 2")
         if self.separator is not None and (not isinstance(self.separator, str) or not self.separator):
             raise _invalid("separator", self.separator, "a non-empty token string or None")
-        for name in ("newline_vote_quirk", "thumbnail"):
+        for name in ("newline_vote_quirk", "unpad_floor_quirk", "thumbnail"):
             if not isinstance(getattr(self, name), bool):
                 raise _invalid(name, getattr(self, name), "True or False")
         if self.masked_key_mode not in (None, "faithful", "exclude"):
@@ -212,7 +215,9 @@ class _Session:
         feats = self._encode(torch.from_numpy(pixels), pool=True)
         (h, w), (rh, rw) = level.image_hw, level.resize_hw
         content_wh = (rw, rh) if zoomed else (w, h)  # method.md §9.5: base grid uses the source size
-        embeds, mask, shape = build_level_grid(feats, tiles, level.grid_hw, content_wh, self.newline)
+        embeds, mask, shape = build_level_grid(
+            feats, tiles, level.grid_hw, content_wh, self.newline, floor=self.config.unpad_floor_quirk
+        )
         return _Grid(level_index, embeds, mask, shape, grid_newline_indices(shape, self.newline is not None), tiles)
 
     def sequence(self, grid_tokens: torch.Tensor) -> tuple[torch.Tensor, slice]:
