@@ -29,20 +29,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
 
 from lrs_plugin.backbone.stops import cut_at_stop
+from lrs_plugin.harness.costs import PeakMemory, StageClock, record_costs
 from lrs_plugin.harness.record import STATS_METADATA_KEY, STORE, FocusRecall, SampleRecord, sample_key
 from lrs_plugin.harness.requests import rank_device, request_image, request_image_path, request_stop_strings
 from lrs_plugin.harness.resume import ResumeStore, ResumeStoreError, answer_key, settings_fingerprint
 from lrs_plugin.harness.settings import parse_model_args
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["C2FLlava"]
 
@@ -157,20 +155,24 @@ class C2FLlava(lmms):
         step = "read"
         image, owned = None, False
         try:
-            if callable(visuals):
-                visuals = visuals(doc)
-            image, owned = request_image(visuals, doc, self.images, self.settings.reducer)
-            if image is not None:
-                image.load()  # decode now (every method needs the pixels): a broken file is a read failure
+            memory = PeakMemory(self._device)
+            clock = StageClock(self._device)  # one per question: stage times, TTFT, KV bytes (lrs_plugin.harness.costs)
+            with clock.stage("image_read"):
+                if callable(visuals):
+                    visuals = visuals(doc)
+                image, owned = request_image(visuals, doc, self.images, self.settings.reducer)
+                if image is not None:
+                    image.load()  # decode now (every method needs the pixels): a broken file is a read failure
             step = "answer"
             max_new = self._max_new_tokens(gen_kwargs)
             if image is None:
-                out = self._answer_text_only(context, max_new, stop_strings)
+                out = self._answer_text_only(context, max_new, stop_strings, clock)
             else:
-                out = self.reducer.answer(image, context, doc=doc, max_new_tokens=max_new, stop_strings=stop_strings)
-            self._synchronize()
+                out = self.reducer.answer(
+                    image, context, doc=doc, max_new_tokens=max_new, stop_strings=stop_strings, clock=clock
+                )
             record = out.record
-            record.latency_s = time.perf_counter() - start
+            record_costs(record, clock, memory)  # latency (the device synchronised), stages, TTFT, KV, memory
             if image is not None and record.focus_recall is None:
                 record.focus_recall = _keep_all_recall(self.settings.reducer, doc, image.size)
             step = "accounting"
@@ -188,29 +190,17 @@ class C2FLlava(lmms):
             if owned:
                 image.close()
 
-    def _answer_text_only(self, context: str, max_new_tokens: int, stop_strings: tuple[str, ...]) -> Any:
-        """Answer a request that holds no image with the language model alone (recorded as ``text_only``)."""
-        from lrs_plugin.reducers.base import ReducerOutput
+    def _answer_text_only(
+        self, context: str, max_new_tokens: int, stop_strings: tuple[str, ...], clock: StageClock
+    ) -> Any:
+        """Answer a request that holds no image as ``reducer=blind`` does (recorded as ``text_only``)."""
+        from lrs_plugin.reducers.blind import answer_without_image
 
-        ids = self.backbone.text_prompt_ids(context)
-        embeds = self.backbone.embed_ids(ids).unsqueeze(0)
-        out = self.backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
-        record = SampleRecord(
-            text_only=True,
-            tiles_encoded=0,
-            vision_tokens_encoded=0,
-            vision_tokens_to_llm=0,
-            llm_input_len=int(embeds.shape[1]),
-            new_tokens=out.num_new_tokens,
-            focus_passes=[],
+        out = answer_without_image(
+            self.backbone, context, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock
         )
-        return ReducerOutput(text=out.text, record=record)
-
-    def _synchronize(self) -> None:
-        import torch
-
-        if str(self._device).startswith("cuda"):
-            torch.cuda.synchronize(self._device)
+        out.record.text_only = True
+        return out
 
     def _open_resume_store(self) -> ResumeStore | None:
         """This rank's resume store (rank and world size as lmms-eval set them), or ``None`` when resume is off.

@@ -18,6 +18,8 @@ from lrs_plugin.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from lrs_plugin.harness.costs import StageClock
+
 __all__ = ["IMAGE_TOKEN", "VICUNA_CHAT_TEMPLATE", "GenerationOutput", "LanguageMixin"]
 
 IMAGE_TOKEN = "<image>"
@@ -196,6 +198,7 @@ class LanguageMixin:
         eos_token_ids: list[int] | None = None,
         stop_strings: Sequence[str] | None = None,
         cache: Any = None,
+        clock: StageClock | None = None,
     ) -> GenerationOutput:
         """Greedy decoding from ``inputs_embeds`` with transformers' ``generate`` and its KV cache.
 
@@ -210,6 +213,8 @@ class LanguageMixin:
                 positions of ``inputs_embeds`` (:class:`~lrs_plugin.backbone.prefix_cache.PrefixCache`): only
                 positions ``P ..`` are computed, at RoPE positions ``P ..`` under an all-ones mask of length ``L``, and
                 the cache is extended in place. ``None``: a fresh cache, the whole prompt computed.
+            clock: Times the prefill (up to the first token) and the decoding, and measures the KV cache at the end of
+                the prefill (:func:`lrs_plugin.harness.costs.measured_generation`); the tokens are the same.
 
         Returns:
             The decoded answer and the generated ids.
@@ -222,6 +227,7 @@ class LanguageMixin:
         import torch
 
         from lrs_plugin.backbone.stops import cut_at_stop, stopping_criteria
+        from lrs_plugin.harness.costs import measured_generation
 
         if int(max_new_tokens) < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
@@ -235,12 +241,11 @@ class LanguageMixin:
                     f"cache holds {cache.get_seq_length()} positions; it must hold a prefix of the "
                     f"{inputs_embeds.shape[1]}-position prompt (at least one position left to compute)"
                 )
-            kwargs["cache"] = cache
         criteria = stopping_criteria(self.tokenizer, stop_strings)
         if criteria is not None:
             kwargs["stopping_criteria"] = criteria
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        with torch.no_grad():
+        with torch.no_grad(), measured_generation(clock, self.model, cache) as timing:
             out = self.model.generate(
                 inputs_embeds=inputs_embeds,
                 attention_mask=mask,
@@ -250,6 +255,7 @@ class LanguageMixin:
                 eos_token_id=eos,
                 pad_token_id=eos[0],
                 **kwargs,
+                **timing,
             )
         new_ids = tuple(int(t) for t in out[0].tolist())
         text = cut_at_stop(self.tokenizer.decode(list(new_ids), skip_special_tokens=True), stop_strings)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.harness.costs import StageClock
 
 __all__ = ["PrefixCache", "PrefixHit", "crop_to", "prefill_prefix", "supports_prefix_reuse"]
 
@@ -117,7 +118,9 @@ class PrefixCache:
         self._cache: Any = None
 
     @contextlib.contextmanager
-    def extend(self, inputs_embeds: torch.Tensor, prefix_len: int) -> Iterator[PrefixHit]:
+    def extend(
+        self, inputs_embeds: torch.Tensor, prefix_len: int, clock: StageClock | None = None
+    ) -> Iterator[PrefixHit]:
         """The cache of ``inputs_embeds[:, :prefix_len]``, computed now or reused, for one question's generation.
 
         The block extends the cache (``generate(inputs_embeds, cache=hit.cache)`` computes positions ``prefix_len``
@@ -126,6 +129,7 @@ class PrefixCache:
         Args:
             inputs_embeds: ``[1, L, C]`` the question's whole LLM input.
             prefix_len: Leading positions that do not depend on the question, ``1 <= prefix_len < L``.
+            clock: Charges computing the prefix (a miss) to its ``llm_prefill`` stage.
 
         Yields:
             The :class:`PrefixHit`.
@@ -149,7 +153,8 @@ class PrefixCache:
         )
         if not reused:
             self.clear()  # release the previous prefix before computing the next one
-            self._cache = prefill_prefix(self.backbone.language_model, prefix)
+            with contextlib.nullcontext() if clock is None else clock.stage("llm_prefill"):
+                self._cache = prefill_prefix(self.backbone.language_model, prefix)
             self._embeds = prefix.detach().clone()
         try:
             yield PrefixHit(cache=self._cache, length=prefix_len, reused=reused)

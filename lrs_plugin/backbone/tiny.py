@@ -54,6 +54,7 @@ TINY_REDUCER_OPTIONS: dict[str, str] = {
     "visionzip": "dominant=4,contextual=2",
     "prumerge": "adaptive=false,reduction_ratio=0.25",
     "anyres": "max_tiles=1",
+    "blind": "",
 }
 """``--model_args`` fragment per registered reducer that fits the tiny checkpoints (2 decoder layers, 16 patches a
 tile): e.g. a focus layer that exists, VisionZip budgets under 16 tokens."""

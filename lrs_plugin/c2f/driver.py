@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrs_plugin.c2f.grid import build_level_grid, select_topk, zoom_path
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.harness.costs import StageClock
 from lrs_plugin.harness.record import C2FDetails, C2FLevel, FocusPass, FocusRecall, SampleRecord
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ class C2FConfig:
     # True: the released tile-vote mapping (unpadded token grid / padded tile grid, newlines vote for the last tile
     # column, §3.3.3-5); False: exact mapping through pixel coordinates.
     newline_vote_quirk: bool = True
+    # True: the released unpadding truncates (int()) and drops the last token row / column the content only partly
+    # fills, §2.3.3; False: keep it (ceil). Matters when one token is a large share of the base level.
+    unpad_floor_quirk: bool = True
     # Masked placeholder keys in the scoring softmax: None = the scorer's own default (rfm: "faithful", the released
     # +1 logit quirk, §3.4.2; llm_attention: "exclude"), or force "faithful" / "exclude".
     masked_key_mode: str | None = None
@@ -91,7 +95,7 @@ class C2FConfig:
             raise _invalid("base_long_side_tiles", self.base_long_side_tiles, "an int >= 2")
         if self.separator is not None and (not isinstance(self.separator, str) or not self.separator):
             raise _invalid("separator", self.separator, "a non-empty token string or None")
-        for name in ("newline_vote_quirk", "thumbnail"):
+        for name in ("newline_vote_quirk", "unpad_floor_quirk", "thumbnail"):
             if not isinstance(getattr(self, name), bool):
                 raise _invalid(name, getattr(self, name), "True or False")
         if self.masked_key_mode not in (None, "faithful", "exclude"):
@@ -147,6 +151,7 @@ class _Session:
         image: LargeImage,
         question: str,
         config: C2FConfig,
+        clock: StageClock | None = None,
         features: ImageFeatures | None = None,
     ) -> None:
         import torch
@@ -154,6 +159,7 @@ class _Session:
         from lrs_plugin.c2f.pyramid import build_pyramid
 
         self.backbone, self.image, self.config = backbone, image, config
+        self.clock = clock or StageClock()  # times this session's rendering and encoding
         width, height = image.size
         tile = backbone.tile_size
         self.pyramid = build_pyramid(height, width, tile=tile, base_long_side=config.base_long_side_tiles * tile)
@@ -185,20 +191,22 @@ class _Session:
         from lrs_plugin.c2f.render import render_thumbnail
 
         bb = self.backbone
-        pixels = render_thumbnail(
-            self.image,
-            self.pyramid.thumbnail,
-            tile=bb.tile_size,
-            mean=bb.image_mean,
-            std=bb.image_std,
-            resample=self.config.resample,
-        )
+        with self.clock.stage("image_read"):
+            pixels = render_thumbnail(
+                self.image,
+                self.pyramid.thumbnail,
+                tile=bb.tile_size,
+                mean=bb.image_mean,
+                std=bb.image_std,
+                resample=self.config.resample,
+            )
         return torch.from_numpy(pixels).unsqueeze(0)
 
     def _encode(self, pixels: torch.Tensor, *, pool: bool) -> torch.Tensor:
         self.tiles_encoded += pixels.shape[0]
-        feats = self.backbone.encode_tiles(pixels)
-        return self.backbone.pool2x2(feats) if pool and self.config.pool == "avg2x2" else feats
+        with self.clock.stage("vision_encode"):
+            feats = self.backbone.encode_tiles(pixels)
+            return self.backbone.pool2x2(feats) if pool and self.config.pool == "avg2x2" else feats
 
     def grid(self, level_index: int, tiles: list[tuple[int, int]], *, zoomed: bool) -> _Grid:
         """Render + encode ``tiles`` of a level and build its grid (base grid unpadded with the source size)."""
@@ -208,19 +216,22 @@ class _Session:
         from lrs_plugin.c2f.render import render_tiles
 
         bb, level = self.backbone, self.pyramid.levels[level_index]
-        pixels = render_tiles(
-            self.image,
-            level,
-            tiles,
-            tile=bb.tile_size,
-            mean=bb.image_mean,
-            std=bb.image_std,
-            resample=self.config.resample,
-        )
+        with self.clock.stage("image_read"):
+            pixels = render_tiles(
+                self.image,
+                level,
+                tiles,
+                tile=bb.tile_size,
+                mean=bb.image_mean,
+                std=bb.image_std,
+                resample=self.config.resample,
+            )
         feats = self._encode(torch.from_numpy(pixels), pool=True)
         (h, w), (rh, rw) = level.image_hw, level.resize_hw
         content_wh = (rw, rh) if zoomed else (w, h)  # method.md §9.5: base grid uses the source size
-        embeds, mask, shape = build_level_grid(feats, tiles, level.grid_hw, content_wh, self.newline)
+        embeds, mask, shape = build_level_grid(
+            feats, tiles, level.grid_hw, content_wh, self.newline, floor=self.config.unpad_floor_quirk
+        )
         return _Grid(level_index, embeds, mask, shape, grid_newline_indices(shape, self.newline is not None), tiles)
 
     def base_grid(self) -> _Grid:
@@ -322,6 +333,7 @@ def run_c2f(
     max_new_tokens: int,
     stop_strings: Sequence[str] | None = None,
     return_inputs_embeds: bool = False,
+    clock: StageClock | None = None,
     features: ImageFeatures | None = None,
 ) -> C2FResult:
     """Answer ``question`` about ``image`` with coarse-to-fine pruning (method.md §11).
@@ -336,6 +348,8 @@ def run_c2f(
         max_new_tokens: Greedy decoding limit.
         stop_strings: Strings that end generation (the task's ``until``; see :meth:`Backbone.generate`).
         return_inputs_embeds: Keep the final ``[1, L, C]`` LLM input in the result.
+        clock: Times rendering (``image_read``), encoding (``vision_encode``), the focus passes, votes and top-k
+            (``focus``), prefill and decoding.
         features: The image's question-independent features kept across questions (thumbnail, base grid;
             :mod:`lrs_plugin.c2f.features`): used when they are this image's, else computed and kept there.
 
@@ -347,10 +361,23 @@ def run_c2f(
             cost.
 
     """
+    cfg = config or C2FConfig()
+    clock = clock or StageClock()
+    session = _Session(backbone, image, question, cfg, clock, features)
+    with clock.stage("focus"):  # the levels' rendering and encoding inside are charged to their own stages
+        seq, record = _zoom_and_prune(session, focus, doc)
+    out = backbone.generate(seq, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock)
+    record.new_tokens = out.num_new_tokens
+    return C2FResult(out.text, int(seq.shape[1]), record, seq if return_inputs_embeds else None)
+
+
+def _zoom_and_prune(
+    session: _Session, focus: FocusScorer, doc: Mapping[str, Any] | None
+) -> tuple[torch.Tensor, SampleRecord]:
+    """The LLM input ``[1, L, C]`` C2F builds for the session's question, and its record (but ``new_tokens``)."""
     from lrs_plugin.c2f.grid import select_tiles
 
-    cfg = config or C2FConfig()
-    session = _Session(backbone, image, question, cfg, features)
+    backbone, cfg = session.backbone, session.config
     path = zoom_path(session.pyramid, cfg.num_zoom_steps)
     if len(session.pyramid.levels) == 1 and session.pyramid.levels[0].num_tiles == 1:
         path = path[:1]  # one tile (an image under one tile side): nothing to zoom into, as in the released slice mode
@@ -393,21 +420,19 @@ def run_c2f(
 
     kept = grid.embeds[keep.to(grid.embeds.device)]
     seq, _ = session.sequence(kept)
-    out = backbone.generate(seq, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
     record = SampleRecord(
         tiles_encoded=session.tiles_encoded,
-        tiles_reused=None if features is None else session.tiles_reused,
+        tiles_reused=None if session.features is None else session.tiles_reused,
         vision_tokens_encoded=session.tiles_encoded * backbone.tokens_per_tile,
         vision_tokens_to_llm=session.thumbnail_tokens + int(keep.numel()),
         llm_input_len=int(seq.shape[1]),
-        new_tokens=out.num_new_tokens,
         focus_passes=passes,
         c2f=C2FDetails(
             levels=levels, pyramid_levels=len(session.pyramid.levels), token_budget=cfg.token_budget, kept_topk=k
         ),
         focus_recall=_focus_recall(session, grid, keep, doc),
     )
-    return C2FResult(out.text, int(seq.shape[1]), record, seq if return_inputs_embeds else None)
+    return seq, record
 
 
 def _focus_recall(session: _Session, grid: _Grid, keep: torch.Tensor, doc: Mapping[str, Any] | None) -> FocusRecall:

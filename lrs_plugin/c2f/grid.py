@@ -88,6 +88,8 @@ def build_level_grid(
     grid_hw: tuple[int, int],
     content_wh: tuple[int, int],
     newline: torch.Tensor | None,
+    *,
+    floor: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Paste encoded tiles into a level's token grid, unpad it, append the newline column, flatten (§2.3, §3.3.8-10).
 
@@ -102,6 +104,8 @@ def build_level_grid(
         content_wh: ``(W, H)`` the unpadding rule is computed from (source size for the base grid, the level's
             ``resize_hw`` reversed for zoomed grids, method.md §9.5).
         newline: ``[C]`` newline vector or ``None``.
+        floor: ``True``: the released truncating crop; ``False`` keeps a partly filled last token row / column
+            (:func:`~lrs_plugin.c2f.unpadded_grid_hw`).
 
     Returns:
         ``(embeds [N, C], mask [N] bool, shape_hw)`` with ``shape_hw = (rows, cols + 1)`` when there is a newline
@@ -127,7 +131,7 @@ def build_level_grid(
             raise ConfigError(f"tile ({row}, {col}) outside the {gh}x{gw} tile grid")
         canvas[row * p : (row + 1) * p, col * p : (col + 1) * p] = feats.reshape(p, p, c)
         valid[row * p : (row + 1) * p, col * p : (col + 1) * p] = True
-    rows, cols = unpadded_grid_hw((gh * p, gw * p), content_wh, per_tile=p)
+    rows, cols = unpadded_grid_hw((gh * p, gw * p), content_wh, per_tile=p, floor=floor)
     canvas, valid = canvas[:rows, :cols], valid[:rows, :cols]
     if newline is not None:
         canvas = torch.cat([canvas, newline.to(canvas).expand(rows, 1, c)], dim=1)

@@ -281,13 +281,16 @@ def child_tiles(parent_level: LevelGeometry, row: int, col: int, child_level: Le
 
 
 def unpadded_grid_hw(
-    grid_hw_tokens: tuple[int, int], content_wh: tuple[int, int], *, per_tile: int = 12
+    grid_hw_tokens: tuple[int, int], content_wh: tuple[int, int], *, per_tile: int = 12, floor: bool = True
 ) -> tuple[int, int]:
     """Token grid left after LLaVA's unpadding, cropping bottom/right only (method.md §2.3 step 3).
 
     With ``(W, H) = content_wh`` and the padded map ``(map_h, map_w)``: if ``W / H > map_w / map_h`` keep the first
     ``int(H * (map_w / W))`` rows, else the first ``int(W * (map_h / H))`` columns (float expressions as written,
-    ``int()`` truncates). Two call patterns, both in the original:
+    ``int()`` truncates). Truncation drops the last token row (column) that the content only partly fills: up to
+    one token of the content's short side (1/36 of LRS-VQA's 1,008-px base level, 1/6 of the testbed's 96-px one).
+    ``floor=False`` rounds up instead and keeps that partial row (never more than the padded map). Two call
+    patterns, both in the original:
 
     * level 0 (``unpad_image``, §2.3): the **source image** size, ``unpadded_grid_hw(base.token_grid_hw(), (W, H))``;
     * level 1 (``unpad_image_hw``, §3.3.9): the level's **resize_hw**, reversed to (w, h):
@@ -297,6 +300,7 @@ def unpadded_grid_hw(
         grid_hw_tokens: Padded token grid ``(map_h, map_w)``, i.e. ``grid_hw * per_tile``.
         content_wh: ``(width, height)`` the crop is computed from (note the order).
         per_tile: Tokens per tile side; ``grid_hw_tokens`` must be a multiple (catches a tile grid passed by mistake).
+        floor: ``True`` truncates as released; ``False`` keeps a partly filled last row / column (ceil).
 
     Returns:
         ``(rows, cols)`` of the unpadded grid, without the newline column.
@@ -313,9 +317,11 @@ def unpadded_grid_hw(
     if map_h % per_tile or map_w % per_tile:
         raise ConfigError(f"token grid {grid_hw_tokens} is not a multiple of per_tile={per_tile} (a tile grid?)")
     if width / height > map_w / map_h:
-        rows, cols = int(height * (map_w / width)), map_w
+        kept = height * (map_w / width)
+        rows, cols = (int(kept) if floor else min(math.ceil(kept), map_h)), map_w
     else:
-        rows, cols = map_h, int(width * (map_h / height))
+        kept = width * (map_h / height)
+        rows, cols = map_h, (int(kept) if floor else min(math.ceil(kept), map_w))
     if rows == 0 or cols == 0:
         raise ConfigError(f"unpadding a {map_h}x{map_w} token grid for {width}x{height} content leaves {rows}x{cols}")
     return rows, cols

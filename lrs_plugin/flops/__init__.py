@@ -32,6 +32,7 @@ _EXPORTS = {
     "paper_table": "paper",
     "format_paper_table": "paper",
     "EFFICIENCY_KEYS": "accounting",
+    "MEASURED_KEYS": "accounting",
     "EfficiencyTally": "accounting",
     "ModelDims": "accounting",
     "efficiency_figures": "accounting",

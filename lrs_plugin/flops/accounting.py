@@ -14,7 +14,14 @@ from lrs_plugin import flops
 from lrs_plugin.errors import SampleRecordError
 from lrs_plugin.harness.record import SampleRecord
 
-__all__ = ["EFFICIENCY_KEYS", "EfficiencyTally", "ModelDims", "efficiency_figures", "sample_tflops"]
+__all__ = [
+    "EFFICIENCY_KEYS",
+    "MEASURED_KEYS",
+    "EfficiencyTally",
+    "ModelDims",
+    "efficiency_figures",
+    "sample_tflops",
+]
 
 #: Per-sample efficiency figures every model of this plugin records (:func:`efficiency_figures`); this plugin's tasks
 #: report each as a metric ``eff_<key>`` (the mean over the samples that have it), and :class:`EfficiencyTally` reports
@@ -26,12 +33,41 @@ EFFICIENCY_KEYS = (
     "latency_s",
     "focus_tile_recall",  # lrs_plugin.focus.recall: docs with a target box, reducers that report it
     "focus_token_recall",
+    # measured on the machine that ran (lrs_plugin.harness.costs): seconds per stage, time to first token, memory
+    "image_read_s",
+    "vision_encode_s",
+    "focus_s",
+    "llm_prefill_s",
+    "llm_decode_s",
+    "ttft_s",
+    "peak_memory_mib",
+    "peak_memory_growth_mib",
+    "kv_cache_mib",
 )
+
+#: The :data:`EFFICIENCY_KEYS` read off a clock or a memory counter: they differ between two runs that give the same
+#: answers (and a resumed answer keeps those of the run that generated it). KV-cache bytes are not among them.
+MEASURED_KEYS = (
+    "latency_s",
+    "image_read_s",
+    "vision_encode_s",
+    "focus_s",
+    "llm_prefill_s",
+    "llm_decode_s",
+    "ttft_s",
+    "peak_memory_mib",
+    "peak_memory_growth_mib",
+)
+
+_MIB = 1024 * 1024
 
 
 def efficiency_figures(record: SampleRecord) -> dict[str, float | None]:
-    """The :data:`EFFICIENCY_KEYS` figures of one sample, in that order (``None`` where it recorded none)."""
-    recall = record.focus_recall
+    """The :data:`EFFICIENCY_KEYS` figures of one sample, in that order (``None`` where it recorded none).
+
+    Bytes are reported in MiB (``peak_memory_mib``, ``peak_memory_growth_mib``, ``kv_cache_mib``).
+    """
+    recall, stages = record.focus_recall, record.stage_seconds
     return {
         "vision_tokens_encoded": record.vision_tokens_encoded,
         "vision_tokens_to_llm": record.vision_tokens_to_llm,
@@ -39,7 +75,20 @@ def efficiency_figures(record: SampleRecord) -> dict[str, float | None]:
         "latency_s": record.latency_s,
         "focus_tile_recall": None if recall is None else recall.tile,
         "focus_token_recall": None if recall is None else recall.token,
+        "image_read_s": None if stages is None else stages.image_read_s,
+        "vision_encode_s": None if stages is None else stages.vision_encode_s,
+        "focus_s": None if stages is None else stages.focus_s,
+        "llm_prefill_s": None if stages is None else stages.llm_prefill_s,
+        "llm_decode_s": None if stages is None else stages.llm_decode_s,
+        "ttft_s": record.ttft_s,
+        "peak_memory_mib": _mib(record.peak_memory_bytes),
+        "peak_memory_growth_mib": _mib(record.peak_memory_growth_bytes),
+        "kv_cache_mib": _mib(record.kv_cache_bytes),
     }
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else value / _MIB
 
 
 @dataclass(frozen=True)

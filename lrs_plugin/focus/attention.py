@@ -25,6 +25,7 @@ __all__ = [
     "check_full_attention",
     "check_masked_key_mode",
     "check_span",
+    "focus_row_scores",
     "query_logits",
     "query_row_scores",
     "run_layers",
@@ -118,6 +119,7 @@ def run_layers(
     config: Any,
     rotary_emb: torch.nn.Module,
     key_mask: torch.Tensor | None,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run decoder layers over a whole sequence with RoPE positions ``0 .. L-1`` and a causal + key-padding mask.
 
@@ -132,6 +134,8 @@ def run_layers(
         config: Text config whose ``_attn_implementation`` the layers use.
         rotary_emb: The model's rotary embedding module (``cos, sin = rotary_emb(x, position_ids)``).
         key_mask: ``[L]`` bool, ``True`` for tokens other tokens may attend to; ``None`` for all.
+        positions: ``[L]`` increasing RoPE positions of the rows (a sequence with placeholders left out keeps
+            its gaps); ``None``: ``0 .. L-1``.
 
     Returns:
         ``[1, L, C]`` hidden states after the last layer.
@@ -142,7 +146,12 @@ def run_layers(
 
     if not layers:
         return hidden
-    position_ids = _position_ids(hidden.shape[1], hidden.device)
+    if positions is None:
+        position_ids = _position_ids(hidden.shape[1], hidden.device)
+    else:
+        position_ids = positions.to(hidden.device, torch.long).reshape(1, -1)
+        if key_mask is None:  # an explicit mask: without one, transformers reads gaps as packed sequences
+            key_mask = torch.ones(hidden.shape[1], dtype=torch.bool, device=hidden.device)
     mask_2d = None if key_mask is None else key_mask.to(hidden.device, torch.bool).unsqueeze(0)
     mask = create_causal_mask(
         config=config, inputs_embeds=hidden, attention_mask=mask_2d, cache=None, position_ids=position_ids
@@ -169,6 +178,7 @@ def query_logits(
     rotary_emb: torch.nn.Module,
     keys: slice,
     query_index: int,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Raw per-head attention logits of one query over a span of keys, from ``layer``'s own q/k (method.md §3.2).
 
@@ -181,8 +191,9 @@ def query_logits(
         hidden: ``[1, L, C]`` input of ``layer``.
         config: Text config giving the head counts and width.
         rotary_emb: Rotary embedding module of the model.
-        keys: Key positions ``start:stop`` (step 1) inside ``[0, L)``.
-        query_index: Absolute position of the query token.
+        keys: Key rows ``start:stop`` (step 1) inside ``[0, L)``.
+        query_index: Row of the query token.
+        positions: ``[L]`` RoPE position of every row; ``None``: the row index.
 
     Returns:
         ``[heads, stop - start]`` float32 logits.
@@ -197,8 +208,12 @@ def query_logits(
     normed = layer.input_layernorm(hidden)
     q = attn.q_proj(normed[:, query_index : query_index + 1]).view(1, 1, heads, head_dim).transpose(1, 2)
     k = attn.k_proj(normed[:, start:stop]).view(1, stop - start, kv_heads, head_dim).transpose(1, 2)
-    q_pos = torch.tensor([[query_index]], device=hidden.device)
-    k_pos = torch.arange(start, stop, device=hidden.device).unsqueeze(0)
+    if positions is None:
+        q_pos = torch.tensor([[query_index]], device=hidden.device)
+        k_pos = torch.arange(start, stop, device=hidden.device).unsqueeze(0)
+    else:
+        rows = positions.to(hidden.device, torch.long)
+        q_pos, k_pos = rows[query_index].reshape(1, 1), rows[start:stop].unsqueeze(0)
     q = _rotate(layer, q, *rotary_emb(hidden, position_ids=q_pos))
     k = _rotate(layer, k, *rotary_emb(hidden, position_ids=k_pos))
     k = k.repeat_interleave(heads // kv_heads, dim=1)  # head h reads kv head h // groups, as repeat_kv does
@@ -259,3 +274,82 @@ def query_row_scores(
                 raise ConfigError("every grid key is masked; nothing to score with masked_key_mode='exclude'")
             logits = logits.masked_fill(masked, float("-inf"))
     return torch.softmax(logits, dim=-1).mean(dim=0)
+
+
+def focus_row_scores(
+    layers: Sequence[torch.nn.Module],
+    score_layer: torch.nn.Module,
+    inputs_embeds: torch.Tensor,
+    *,
+    config: Any,
+    rotary_emb: torch.nn.Module,
+    grid_span: slice,
+    query_index: int,
+    key_mask: torch.Tensor | None,
+    masked_key_mode: str,
+    compact: bool = True,
+) -> torch.Tensor:
+    """One focus pass: ``layers`` over the sequence up to the query, then :func:`query_row_scores` of ``score_layer``.
+
+    With ``masked_key_mode="exclude"`` a masked placeholder is never attended to by any token, so no kept token
+    depends on it: ``compact=True`` (default) leaves the placeholders out of the computation, the kept tokens
+    keeping their RoPE positions (gaps included), and gives the same scores (0 at masked keys) at a cost that
+    follows the kept tokens rather than the whole level grid (a zoomed level is mostly placeholders). ``faithful``
+    needs the placeholders' own hidden states (their keys enter the softmax, method.md §3.4.2): always the full
+    sequence.
+
+    Args:
+        layers: Decoder layers run before the scoring layer.
+        score_layer: Layer whose q/k give the attention row.
+        inputs_embeds: ``[1, L, C]`` sequence (tokens after ``query_index`` are ignored: causal).
+        config: Text config of the layers.
+        rotary_emb: Rotary embedding module.
+        grid_span: Positions of the grid keys.
+        query_index: Position of the query token.
+        key_mask: ``[L]`` bool (``True`` = valid key) or ``None``.
+        masked_key_mode: ``"faithful"`` or ``"exclude"``.
+        compact: Leave excluded placeholders out (``exclude`` only; the result is the same).
+
+    Returns:
+        ``[N]`` float32 scores over the grid positions (see :func:`query_row_scores`).
+
+    """
+    import torch
+
+    check_masked_key_mode(masked_key_mode)
+    start, stop = check_span(inputs_embeds.shape[1], grid_span, query_index)
+    end = query_index + 1  # later tokens cannot influence the query row (causal)
+    hidden = inputs_embeds[:, :end]
+    mask = None if key_mask is None else key_mask[:end].to(torch.bool)
+    if not (compact and masked_key_mode == "exclude" and mask is not None and not bool(mask.all())):
+        hidden = run_layers(layers, hidden, config=config, rotary_emb=rotary_emb, key_mask=mask)
+        return query_row_scores(
+            score_layer,
+            hidden,
+            config=config,
+            rotary_emb=rotary_emb,
+            grid_span=grid_span,
+            query_index=query_index,
+            key_mask=mask,
+            masked_key_mode=masked_key_mode,
+        )
+    mask = mask.to(hidden.device).clone()
+    mask[query_index] = True
+    if not bool(mask[start:stop].any()):
+        raise ConfigError("every grid key is masked; nothing to score with masked_key_mode='exclude'")
+    rows = mask.nonzero().flatten()
+    hidden = run_layers(layers, hidden[:, rows], config=config, rotary_emb=rotary_emb, key_mask=None, positions=rows)
+    first = int(mask[:start].sum())
+    kept = int(mask[start:stop].sum())
+    logits = query_logits(
+        score_layer,
+        hidden,
+        config=config,
+        rotary_emb=rotary_emb,
+        keys=slice(first, first + kept),
+        query_index=rows.numel() - 1,
+        positions=rows,
+    )
+    scores = torch.zeros(stop - start, dtype=torch.float32, device=logits.device)
+    scores[mask[start:stop].to(logits.device)] = torch.softmax(logits, dim=-1).mean(dim=0)
+    return scores

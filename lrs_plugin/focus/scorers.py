@@ -26,8 +26,7 @@ from lrs_plugin.focus.attention import (
     check_full_attention,
     check_masked_key_mode,
     check_span,
-    query_row_scores,
-    run_layers,
+    focus_row_scores,
 )
 
 if TYPE_CHECKING:
@@ -216,22 +215,16 @@ class LLMAttentionScorer:
         import torch
 
         lm = self.backbone.language_model
-        check_span(inputs_embeds.shape[1], grid_span, query_index)
-        end = query_index + 1  # later tokens cannot influence the query row (causal)
-        mask = None if key_mask is None else key_mask[:end]
         with torch.no_grad():
-            hidden = inputs_embeds[:, :end].to(self.backbone.device)
-            hidden = run_layers(
-                lm.layers[: self.layer], hidden, config=lm.config, rotary_emb=lm.rotary_emb, key_mask=mask
-            )
-            return query_row_scores(
+            return focus_row_scores(
+                lm.layers[: self.layer],
                 lm.layers[self.layer],
-                hidden,
+                inputs_embeds.to(self.backbone.device),
                 config=lm.config,
                 rotary_emb=lm.rotary_emb,
                 grid_span=grid_span,
                 query_index=query_index,
-                key_mask=mask,
+                key_mask=key_mask,
                 masked_key_mode=_mode(context, self.masked_key_mode),
             )
 
@@ -292,20 +285,16 @@ class RFMScorer:
         import torch
 
         m = self.module
-        check_span(inputs_embeds.shape[1], grid_span, query_index)
-        end = query_index + 1
-        mask = None if key_mask is None else key_mask[:end]
         with torch.no_grad():
-            hidden = inputs_embeds[:, :end].to(m.norm.weight.device, m.norm.weight.dtype)
-            hidden = run_layers(m.layers[:-1], hidden, config=m.config, rotary_emb=m.rotary_emb, key_mask=mask)
-            return query_row_scores(
+            return focus_row_scores(
+                m.layers[:-1],
                 m.layers[-1],
-                hidden,
+                inputs_embeds.to(m.norm.weight.device, m.norm.weight.dtype),
                 config=m.config,
                 rotary_emb=m.rotary_emb,
                 grid_span=grid_span,
                 query_index=query_index,
-                key_mask=mask,
+                key_mask=key_mask,
                 masked_key_mode=_mode(context, self.masked_key_mode),
             )
 

@@ -1,9 +1,9 @@
 """lmms-eval glue.
 
 Running the real command (:mod:`.run`), the model settings (:mod:`.settings`), the per-sample record handed to the
-tasks (:mod:`.record`), the resume store and its keys (:mod:`.resume`), one request as the model class reads it
-(:mod:`.requests`), budget sweeps (:mod:`.sweep`), the task hook (:mod:`.task_hook`) and the entry point
-(:mod:`.registration`).
+tasks (:mod:`.record`) and its measured costs (:mod:`.costs`), the resume store and its keys (:mod:`.resume`), one
+request as the model class reads it (:mod:`.requests`), budget sweeps (:mod:`.sweep`), the task hook
+(:mod:`.task_hook`) and the entry point (:mod:`.registration`).
 """
 
 from lrs_plugin._lazy import lazy_exports
@@ -23,6 +23,8 @@ _EXPORTS = {
     "STORE": "record",
     "STATS_METADATA_KEY": "record",
     "sample_key": "record",
+    "StageClock": "costs",
+    "PeakMemory": "costs",
     "RESUME_DISABLED_KEY": "resume",
     "RESUME_FORMAT": "resume",
     "ResumeStoreError": "resume",

@@ -1,12 +1,13 @@
 """The one typed per-sample record, and its hand-off from a model to the task that scores it.
 
 :class:`SampleRecord` carries everything recorded about one answered question: the tokens a reducer encoded and sent
-to the language model, its method-specific details, the focus recall, and what the model class adds (latency,
-TFLOPs by stage, the reducer's name, a failure and the step where it happened, the resume store's state). Reducers
-return it (:class:`~lrs_plugin.reducers.ReducerOutput`), :mod:`lrs_plugin.flops.accounting` reads its fields, the
-model class completes it, the resume store writes and reads it (:meth:`SampleRecord.to_dict` /
-:meth:`SampleRecord.from_dict`: the same JSON object as the stats dict of earlier versions, so saved resume files
-stay readable), and the tasks read it from :data:`STORE`.
+to the language model, its method-specific details, the focus recall, and what the model class adds (latency, the
+measured stage times, TTFT, memory and KV-cache bytes of :mod:`lrs_plugin.harness.costs`, TFLOPs by stage, the
+reducer's name, a failure and the step where it happened, the resume store's state). Reducers return it
+(:class:`~lrs_plugin.reducers.ReducerOutput`), :mod:`lrs_plugin.flops.accounting` reads its fields, the model class
+completes it, the resume store writes and reads it (:meth:`SampleRecord.to_dict` / :meth:`SampleRecord.from_dict`:
+the same JSON object as the stats dict of earlier versions, so saved resume files stay readable), and the tasks read it
+from :data:`STORE`.
 
 JSON rules: a field that still holds its default (``None``, ``False``) is not written (absent = not recorded); the
 fields of a *group* (:class:`FocusRecall`, :class:`C2FDetails`, :class:`InLLMDetails`, :class:`FastVKnobs`,
@@ -49,6 +50,7 @@ __all__ = [
     "PruMergeKnobs",
     "SampleRecord",
     "SampleRecordStore",
+    "StageSeconds",
     "TileTokenCounts",
     "VisionZipKnobs",
     "sample_key",
@@ -214,6 +216,25 @@ class PruMergeKnobs:
     """Kept patches (+ uniform samples) + the pruned-summary token, per tile."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class StageSeconds:
+    """Measured wall seconds per stage of one question (a group; :mod:`lrs_plugin.harness.costs` defines each stage).
+
+    Exclusive times: their sum is at most ``latency_s``. A stage a method does not have is ``0.0``.
+    """
+
+    image_read_s: float
+    """Opening and decoding the image, and turning pixels into model input (rendering C2F's tiles)."""
+    vision_encode_s: float
+    """Preprocessing, vision tower and projector (VisionZip / PruMerge select inside this pass)."""
+    focus_s: float
+    """Token selection outside the vision pass (C2F's focus passes and votes, ``random``'s draw)."""
+    llm_prefill_s: float
+    """Generation start to the first generated token (in-LLM reducers drop their tokens here)."""
+    llm_decode_s: float
+    """First generated token to the last."""
+
+
 # ------------------------------------------------------------------------------------------------------ record
 @dataclass(kw_only=True)
 class SampleRecord:
@@ -268,6 +289,19 @@ class SampleRecord:
     """The request held no image and was answered by the language model alone."""
     latency_s: float | None = None
     """Wall time of the answer in seconds (reading the image included)."""
+    stage_seconds: StageSeconds | None = group()
+    """Measured seconds per stage (:mod:`lrs_plugin.harness.costs`), keys ``image_read_s`` ... ``llm_decode_s``."""
+    ttft_s: float | None = None
+    """Seconds from the start of the answer (reading the image included) to the first generated token."""
+    kv_cache_bytes: int | None = None
+    """Bytes of the KV cache at the end of the prefill (keys and values of every layer)."""
+    peak_memory_bytes: int | None = None
+    """Highest memory in use during the answer (CUDA: allocated tensors; CPU: process RSS; ``peak_memory_method``)."""
+    peak_memory_growth_bytes: int | None = None
+    """``peak_memory_bytes`` minus the memory in use when the answer started."""
+    peak_memory_method: str | None = None
+    """How memory was measured: ``cuda_max_allocated``, ``linux_vmhwm`` or ``ru_maxrss`` (an upper bound of the peak
+    and a lower bound of the growth)."""
     tflops_by_stage: dict[str, float] | None = None
     """Analytic TFLOPs by stage (:func:`lrs_plugin.flops.sample_tflops`: ``vision_tower`` ... ``total``)."""
     tflops: float | None = None

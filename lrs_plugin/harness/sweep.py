@@ -29,6 +29,7 @@ __all__ = [
     "BUDGET_KNOBS",
     "CSV_COLUMNS",
     "HEADLINE_METRICS",
+    "NO_BUDGET_KNOB",
     "BudgetKnob",
     "SweepConfig",
     "budget_options",
@@ -60,6 +61,15 @@ BUDGET_KNOBS: dict[str, BudgetKnob] = {
     "visionzip": BudgetKnob(_visionzip, True, "dominant+contextual=B per tile (54:10): B x tiles on LLaVA-NeXT"),
     "fastv": BudgetKnob(lambda b: {"budget": b}, False, "budget=B: layer-averaged vision tokens"),
     "pdrop": BudgetKnob(lambda b: {"budget": b}, False, "budget=B: layer-averaged vision tokens"),
+}
+
+#: Registered reducers ``sweep`` refuses, and why (docs/fairness.md, "Budget sweeps").
+NO_BUDGET_KNOB: dict[str, str] = {
+    "none": "it sends every vision token: the unpruned reference, run it once beside the sweep",
+    "anyres": "its knob is max_tiles, a tile count, not vision tokens",
+    "downsample": "its knob is max_pixels, not vision tokens",
+    "prumerge": "its knob is reduction_ratio, a fraction per tile (adaptive mode picks its own count)",
+    "blind": "it sends no vision token at all: the language-prior floor, run it once beside the sweep",
 }
 
 #: The accuracy each of this plugin's tasks is plotted by (the paper's number); other tasks need ``metric=``.
@@ -101,8 +111,9 @@ def budget_options(reducer: str, budget: int) -> dict[str, Any]:
         ConfigError: ``reducer`` has no budget knob (names the valid ones), or ``budget`` is not an int >= 1.
     """
     if reducer not in BUDGET_KNOBS:
+        why = f" ({NO_BUDGET_KNOB[reducer]})" if reducer in NO_BUDGET_KNOB else ""
         raise ConfigError(
-            f"reducer {reducer!r} has no budget knob for sweep; valid: {', '.join(sorted(BUDGET_KNOBS))} "
+            f"reducer {reducer!r} has no budget knob for sweep{why}; valid: {', '.join(sorted(BUDGET_KNOBS))} "
             "(docs/fairness.md, 'Budget sweeps')"
         )
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:

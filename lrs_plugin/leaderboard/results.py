@@ -52,6 +52,8 @@ _EFFICIENCY = {
     "vision_tokens_to_llm": "eff_vision_tokens_to_llm,none",
     "tflops": "eff_tflops,none",
     "latency_s": "eff_latency_s,none",
+    "ttft_s": "eff_ttft_s,none",
+    "peak_memory_mib": "eff_peak_memory_mib,none",
 }
 _VERSION = re.compile(r"^\d+(\.\d+)+")
 
@@ -305,8 +307,11 @@ def build_row(
     row["avg_acc"] = sum(values) / 4 if all(v is not None for v in values) else None
     for col, metric in _EFFICIENCY.items():
         row[col] = _weighted(results, sizes, metric)
-    if row["latency_s"] is not None and not hardware:
-        raise LeaderboardError(f"{path}: the results carry latency_s; name the hardware it ran on (--hardware)")
+    measured = [c for c in ("latency_s", "ttft_s", "peak_memory_mib") if row[c] is not None]
+    if measured and not hardware:
+        raise LeaderboardError(
+            f"{path}: the results carry {', '.join(measured)}; name the hardware it ran on (--hardware)"
+        )
     row.update(
         hardware=hardware or "",
         source="measured",

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_CELL_CHARS",
     "MAX_LINK_CHARS",
     "MME_CATEGORIES",
+    "OPTIONAL_COLUMNS",
     "SCORING_VALUES",
     "SOURCES",
     "Column",
@@ -115,6 +116,8 @@ def _columns() -> tuple[Column, ...]:
         Column("vision_tokens_to_llm", num, "efficiency", "vision tokens given to the LLM, per question"),
         Column("tflops", num, "efficiency", "TFLOPs per question"),
         Column("latency_s", num, "efficiency", "seconds per question"),
+        Column("ttft_s", num, "efficiency", "seconds to the first generated token, per question (measured)"),
+        Column("peak_memory_mib", num, "efficiency", "peak memory per question in MiB (measured; CUDA or CPU RSS)"),
         Column("fps", num, "efficiency", "questions per second (paper)"),
         Column("hardware", text, "efficiency", "device of latency_s / fps"),
         Column("source", text, "provenance", "paper or measured"),
@@ -143,6 +146,11 @@ _BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 
 ACCURACY_COLUMNS: tuple[str, ...] = ("mme_rw_rs", "lrs_fair", "lrs_bridge", "lrs_star")
 """The four benchmark columns averaged into ``avg_acc``."""
+
+OPTIONAL_COLUMNS: tuple[str, ...] = ("ttft_s", "peak_memory_mib")
+"""Columns added after the first schema: a file or row without them reads them as empty (the next write adds them)."""
+
+_MEASURED_ON_HARDWARE = ("latency_s", "fps", "ttft_s", "peak_memory_mib")
 
 KEY_COLUMNS: tuple[str, ...] = ("model", "method", "setting", "source", "scoring")
 """Columns that identify a row: two rows with equal keys are duplicates."""
@@ -240,7 +248,7 @@ def parse_row(row: Mapping[str, Any], where: str = "row") -> tuple[dict[str, Any
     unknown = [k for k in row if k not in _BY_NAME]
     if unknown:
         errors.append(f"{where}: unknown column(s) {shown(sorted(unknown, key=str), 200)}; known: {list(COLUMN_NAMES)}")
-    missing = [c for c in COLUMN_NAMES if c not in row]
+    missing = [c for c in COLUMN_NAMES if c not in row and c not in OPTIONAL_COLUMNS]
     if missing:
         errors.append(f"{where}: missing column(s) {missing}")
     typed: dict[str, Any] = {}
@@ -316,8 +324,8 @@ def _check_row(row: Mapping[str, Any], where: str) -> list[str]:
             errors.append(f"{where}: config_hash={shown(row['config_hash'])} is not a sha256 hex digest")
         if row["scoring"] == "paper":
             errors.append(f"{where}: scoring=paper is only for source=paper rows")
-    if (row["latency_s"] is not None or row["fps"] is not None) and not row["hardware"]:
-        errors.append(f"{where}: latency_s / fps need the hardware they were measured on")
+    if any(row[c] is not None for c in _MEASURED_ON_HARDWARE) and not row["hardware"]:
+        errors.append(f"{where}: {' / '.join(_MEASURED_ON_HARDWARE)} need the hardware they were measured on")
     if source == "measured":  # paper rows keep the published numbers (docs/leaderboard.md lists the mismatch)
         errors += _check_means(row, where)
     return errors

@@ -36,6 +36,7 @@ from lrs_plugin.leaderboard.schema import (
     KEY_COLUMNS,
     MAX_CELL_CHARS,
     MAX_LINK_CHARS,
+    OPTIONAL_COLUMNS,
     LeaderboardError,
     describe_key,
     format_cell,
@@ -108,14 +109,18 @@ def _read_raw(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def validate_file(path: str | Path = "leaderboard.csv") -> list[str]:
-    """Every problem of a leaderboard file: its header (exact columns in order) and :func:`validate_rows`."""
+    """Every problem of a leaderboard file: its header (exact columns in order) and :func:`validate_rows`.
+
+    A header without some of :data:`OPTIONAL_COLUMNS` (a file from before they existed) is valid; those cells are empty.
+    """
     path = Path(path)
     try:
         header, records = _read_raw(path)
     except LeaderboardError as exc:
         return [str(exc)]
     errors = []
-    if tuple(header) != COLUMN_NAMES:
+    expected = tuple(c for c in COLUMN_NAMES if c in header or c not in OPTIONAL_COLUMNS)  # older files lack those
+    if tuple(header) != expected:
         missing = [c for c in COLUMN_NAMES if c not in header]
         unknown = [c for c in header if c not in COLUMN_NAMES]
         errors.append(

@@ -19,6 +19,7 @@ from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.harness.costs import StageClock
     from lrs_plugin.harness.record import FocusRecall
 
 __all__ = ["InLLMReducer"]
@@ -57,10 +58,11 @@ class InLLMReducer:
         doc: Mapping[str, Any],
         max_new_tokens: int,
         stop_strings: Sequence[str] | None = None,
+        clock: StageClock | None = None,
     ) -> ReducerOutput:
-        """Answer one question, dropping image tokens inside the LLM."""
+        """Answer one question, dropping image tokens inside the LLM (their ranking is timed as ``llm_prefill``)."""
         with borrow_image(image) as source:
-            vision, tiles = self.vision.get(source)
+            vision, tiles = self.vision.get(source, clock)
             image_wh = source.size
         prefix, suffix = self.backbone.split_prompt(question)
         embeds, span = self.backbone.assemble(prefix, vision, suffix)
@@ -73,6 +75,7 @@ class InLLMReducer:
             positions=self.positions,
             max_new_tokens=max_new_tokens,
             stop_strings=stop_strings,
+            clock=clock,
         )
         record = dataclasses.replace(
             knobs,

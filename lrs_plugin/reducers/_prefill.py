@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from lrs_plugin.backbone.adapter import Backbone
     from lrs_plugin.backbone.language import GenerationOutput
+    from lrs_plugin.harness.costs import StageClock
 
 __all__ = [
     "POSITION_MODES",
@@ -286,6 +287,7 @@ def greedy_decode(
     max_new_tokens: int,
     eos_token_ids: Sequence[int],
     should_stop: Callable[[list[int]], bool] | None = None,
+    on_first_token: Callable[[], None] | None = None,
 ) -> list[int]:
     """Greedy decoding from a pruned prefill with its per-layer cache (mutated in place).
 
@@ -300,6 +302,7 @@ def greedy_decode(
         eos_token_ids: Generation stops after emitting one of these (it is included in the result).
         should_stop: Optional predicate on the ids generated so far; generation stops after the first token for which
             it holds (it is included), e.g. :func:`lrs_plugin.backbone.stops.stop_criterion`.
+        on_first_token: Called once token 0 (the prefill's) is known, before any decoding step.
 
     Returns:
         The generated ids.
@@ -314,6 +317,8 @@ def greedy_decode(
     out: list[int] = []
     with torch.no_grad():
         token = int(lm_head(prefill.last_hidden[:, -1]).argmax(dim=-1)[0])
+        if on_first_token is not None:
+            on_first_token()
         for step in range(max_new_tokens):
             out.append(token)
             if token in eos or (should_stop is not None and should_stop(out)) or step == max_new_tokens - 1:
@@ -339,6 +344,7 @@ def generate_pruned(
     max_new_tokens: int,
     stop_strings: Sequence[str] | None = None,
     eos_token_ids: Sequence[int] | None = None,
+    clock: StageClock | None = None,
 ) -> tuple[GenerationOutput, PrefillResult]:
     """Pruned prefill + greedy decoding on ``backbone``, finished like :meth:`Backbone.generate`.
 
@@ -355,24 +361,30 @@ def generate_pruned(
         max_new_tokens: Upper bound on generated tokens.
         stop_strings: Strings that end generation (the task's ``until``).
         eos_token_ids: Stop ids; default the backbone's (``[tokenizer.eos_token_id]``, as ``generate``).
+        clock: Times the prefill (the drops included) up to the first token and the decoding after it, and measures
+            the pruned cache at the end of the prefill.
 
     Returns:
         ``(answer, prefill)``; the prefill's cache holds the decoded tokens too.
     """
     from lrs_plugin.backbone.language import GenerationOutput
     from lrs_plugin.backbone.stops import cut_at_stop, stop_criterion
+    from lrs_plugin.harness.costs import StageClock
 
     eos = list(eos_token_ids) if eos_token_ids else backbone._default_eos_ids()
     tokenizer = backbone.tokenizer
     lm = backbone.language_model
-    prefill = pruned_prefill(lm, inputs_embeds, image_span, stages, positions=positions)
-    ids = greedy_decode(
-        lm,
-        backbone.lm_head,
-        prefill,
-        max_new_tokens=max_new_tokens,
-        eos_token_ids=eos,
-        should_stop=stop_criterion(tokenizer, stop_strings),
-    )
+    clock = clock or StageClock()
+    with clock.generation():
+        prefill = pruned_prefill(lm, inputs_embeds, image_span, stages, positions=positions)
+        ids = greedy_decode(
+            lm,
+            backbone.lm_head,
+            prefill,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=eos,
+            should_stop=stop_criterion(tokenizer, stop_strings),
+            on_first_token=lambda: clock.first_token(prefill.cache),
+        )
     text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings)
     return GenerationOutput(text=text, new_token_ids=tuple(ids), num_new_tokens=len(ids)), prefill

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lrs_plugin.harness.costs import StageClock
 from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.reducers.base import ImageInput, ReducerOutput, borrow_image
 
@@ -55,11 +56,18 @@ class LastImage:
         self.compute = compute
         self._last: tuple[Any, Any] | None = None
 
-    def get(self, image: LargeImage) -> Any:
-        """``compute`` of ``image``, decoded and computed once per image."""
+    def get(self, image: LargeImage, clock: StageClock | None = None) -> Any:
+        """``compute`` of ``image``, decoded and computed once per image.
+
+        ``clock`` charges the pixels to ``image_read`` and ``compute`` to ``vision_encode`` (nothing on a cached image).
+        """
+        clock = clock or StageClock()
         if self._last is None or self._last[0] != image.key:
             self._last = None  # release the previous image's result before decoding the next one
-            self._last = (image.key, self.compute(image.to_pil()))
+            with clock.stage("image_read"):
+                pixels = image.to_pil()
+            with clock.stage("vision_encode"):
+                self._last = (image.key, self.compute(pixels))
         return self._last[1]
 
     def clear(self) -> None:
@@ -98,9 +106,12 @@ class PlainVision:
             vision = self.backbone.plain_vision_embeds(image, grid_pinpoints=self.grid_pinpoints)
         return vision, _num_tiles(self.backbone, image.size, self.grid_pinpoints)
 
-    def get(self, image: LargeImage) -> tuple[torch.Tensor, int]:
-        """``(vision tokens [N, C], tiles encoded)`` of the image, decoded and encoded once per image."""
-        return self._cache.get(image)
+    def get(self, image: LargeImage, clock: StageClock | None = None) -> tuple[torch.Tensor, int]:
+        """``(vision tokens [N, C], tiles encoded)`` of the image, decoded and encoded once per image.
+
+        ``clock`` times the pixels and the encoding (:meth:`LastImage.get`).
+        """
+        return self._cache.get(image, clock)
 
     def clear(self) -> None:
         """Forget the last image's tokens."""
@@ -118,6 +129,7 @@ def answer_plain(
     max_tiles: int | None = None,
     record: SampleRecord | None = None,
     prefix_cache: PrefixCache | None = None,
+    clock: StageClock | None = None,
 ) -> ReducerOutput:
     """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and record the standard counts.
 
@@ -126,16 +138,18 @@ def answer_plain(
     encoded under) is recorded when set. With a ``prefix_cache``, the prompt up to the last image token (system text,
     ``USER:`` header, image tokens) is computed once and reused by the next question with the same prefix
     (:mod:`lrs_plugin.backbone.prefix_cache`); the record says whether it was (``prefix_reused``,
-    ``prefix_tokens_reused``).
+    ``prefix_tokens_reused``). ``clock`` times the prefill (a computed prefix included) and the decoding.
     """
     prefix, suffix = backbone.split_prompt(question)
     embeds, span = backbone.assemble(prefix, vision, suffix)
     reuse: dict[str, Any] = {}
     if prefix_cache is None:
-        out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+        out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock)
     else:
-        with prefix_cache.extend(embeds, span.stop) as hit:
-            out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, cache=hit.cache)
+        with prefix_cache.extend(embeds, span.stop, clock) as hit:
+            out = backbone.generate(
+                embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, cache=hit.cache, clock=clock
+            )
         reuse = {"prefix_reused": hit.reused, "prefix_tokens_reused": hit.length if hit.reused else 0}
     filled = dataclasses.replace(
         record or SampleRecord(),
@@ -189,10 +203,13 @@ class PreLLMReducer:
         return on
 
     def vision_for(
-        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None, clock: StageClock | None = None
     ) -> tuple[torch.Tensor, int, SampleRecord]:
-        """``(tokens [N, C] sent to the LLM, tiles encoded, the method's fields)`` for ``image`` and ``doc``."""
-        vision, tiles = self.vision.get(image)
+        """``(tokens [N, C] sent to the LLM, tiles encoded, the method's fields)`` for ``image`` and ``doc``.
+
+        Overrides pass ``clock`` to ``self.vision.get`` (which times the pixels and the encoding).
+        """
+        vision, tiles = self.vision.get(image, clock)
         return vision, tiles, SampleRecord()
 
     def answer(
@@ -203,10 +220,15 @@ class PreLLMReducer:
         doc: Mapping[str, Any],
         max_new_tokens: int,
         stop_strings: Sequence[str] | None = None,
+        clock: StageClock | None = None,
     ) -> ReducerOutput:
-        """Answer with the tokens of :meth:`vision_for`; its record is completed with the standard counts."""
-        with borrow_image(image) as source:
-            vision, tiles, record = self.vision_for(source, doc)
+        """Answer with the tokens of :meth:`vision_for`; its record is completed with the standard counts.
+
+        On ``clock``, :meth:`vision_for` beyond the pixels and the encoding is ``focus`` (the method's selection).
+        """
+        clock = clock or StageClock()
+        with borrow_image(image) as source, clock.stage("focus"):
+            vision, tiles, record = self.vision_for(source, doc, clock)
         return answer_plain(
             self.backbone,
             vision,
@@ -217,6 +239,7 @@ class PreLLMReducer:
             max_tiles=self.max_tiles,
             record=record,
             prefix_cache=self.prefix_cache,
+            clock=clock,
         )
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from lrs_plugin.backbone.adapter import SUPPORTED_ARCHS
 from lrs_plugin.harness.record import SampleRecord
 
 if TYPE_CHECKING:
+    from lrs_plugin.harness.costs import StageClock
     from lrs_plugin.imagery.large_image import LargeImage
 
 #: What :meth:`Reducer.answer` accepts: the model always passes a :class:`~lrs_plugin.imagery.LargeImage`; a path is
@@ -76,11 +77,15 @@ class Reducer(Protocol):
         doc: Mapping[str, Any],
         max_new_tokens: int,
         stop_strings: Sequence[str] | None = None,
+        clock: StageClock | None = None,
     ) -> ReducerOutput:
         """Answer one question about ``image`` (a :class:`~lrs_plugin.imagery.LargeImage`, or a path).
 
         Generation ends at the first of ``stop_strings`` (the task's ``until``) or after ``max_new_tokens``; the text
-        is cut before the stop string (:mod:`lrs_plugin.backbone.stops`).
+        is cut before the stop string (:mod:`lrs_plugin.backbone.stops`). ``clock`` (the model's, one per question)
+        times the stages (:mod:`lrs_plugin.harness.costs`): a reducer passes it to what it calls (``PlainVision.get``,
+        :meth:`Backbone.generate <lrs_plugin.backbone.Backbone.generate>`) and wraps its own selection in
+        ``clock.stage("focus")``.
         """
         ...
 

@@ -13,6 +13,7 @@ from lrs_plugin.reducers.registry import register_reducer
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
     from lrs_plugin.c2f.features import ImageFeatures
+    from lrs_plugin.harness.costs import StageClock
 
 __all__ = ["C2FReducer", "resolve_focus_name"]
 
@@ -98,8 +99,9 @@ class C2FReducer:
         doc: Mapping[str, Any],
         max_new_tokens: int,
         stop_strings: Sequence[str] | None = None,
+        clock: StageClock | None = None,
     ) -> ReducerOutput:
-        """Answer one question with coarse-to-fine pruning."""
+        """Answer one question with coarse-to-fine pruning (stages timed on ``clock``, see :func:`run_c2f`)."""
         from lrs_plugin.c2f.driver import run_c2f
 
         with borrow_image(image) as source:
@@ -112,6 +114,7 @@ class C2FReducer:
                 doc=doc,
                 max_new_tokens=max_new_tokens,
                 stop_strings=stop_strings,
+                clock=clock,
                 features=self.features,
             )
         return ReducerOutput(text=result.answer, record=dataclasses.replace(result.record, focus=self.focus_name))

@@ -62,6 +62,7 @@ from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.harness.costs import StageClock
     from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = [
@@ -309,12 +310,12 @@ class PruMergeReducer(PreLLMReducer):
         return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0]), counts, np.concatenate(cells)
 
     def vision_for(
-        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None, clock: StageClock | None = None
     ) -> tuple[torch.Tensor, int, SampleRecord]:
         """The PruMerge tokens of the image (computed once per image), the method's settings and the focus recall."""
         from lrs_plugin.reducers._cells import focus_recall
 
-        vision, tiles, counts, cells = self.vision.get(image)
+        vision, tiles, counts, cells = self.vision.get(image, clock)
         knobs = PruMergeKnobs(
             variant=self.config.variant,
             adaptive=self.config.adaptive,

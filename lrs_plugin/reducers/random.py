@@ -26,6 +26,7 @@ from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.harness.costs import StageClock
     from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["NEWLINE_MODES", "RandomConfig", "RandomReducer", "random_keep"]
@@ -114,12 +115,12 @@ class RandomReducer(PreLLMReducer):
         self.max_tiles = tiles.max_tiles
 
     def vision_for(
-        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None, clock: StageClock | None = None
     ) -> tuple[torch.Tensor, int, SampleRecord]:
         """A seeded random subset of the plain vision tokens, whether the budget was met, and the focus recall."""
         from lrs_plugin.reducers._cells import focus_recall, stock_cells
 
-        vision, tiles = self.vision.get(image)
+        vision, tiles = self.vision.get(image, clock)
         num_tokens, kept = int(vision.shape[0]), None
         budget_met = True
         if self.config.budget is not None:

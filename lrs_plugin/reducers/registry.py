@@ -87,6 +87,7 @@ def register_reducer(
 def _load_builtins() -> None:
     from lrs_plugin.reducers import (  # noqa: F401  (registration side effect)
         anyres,
+        blind,
         c2f,
         downsample,
         fastv,

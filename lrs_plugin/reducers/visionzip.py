@@ -43,6 +43,7 @@ from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.harness.costs import StageClock
     from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["VisionZipConfig", "VisionZipReducer", "visionzip_cells", "visionzip_select", "visionzip_next_layout"]
@@ -226,12 +227,12 @@ class VisionZipReducer(PreLLMReducer):
         return vision.to(bb.device, embed_dtype), int(pixel_values.shape[0]), cells
 
     def vision_for(
-        self, image: LargeImage, doc: Mapping[str, Any] | None = None
+        self, image: LargeImage, doc: Mapping[str, Any] | None = None, clock: StageClock | None = None
     ) -> tuple[torch.Tensor, int, SampleRecord]:
         """The VisionZip tokens of the image (computed once per image), the method's settings and the focus recall."""
         from lrs_plugin.reducers._cells import focus_recall
 
-        vision, tiles, cells = self.vision.get(image)
+        vision, tiles, cells = self.vision.get(image, clock)
         record = SampleRecord(
             projector_tokens=int(vision.shape[0]),  # only the kept tokens go through the projector
             visionzip=VisionZipKnobs(

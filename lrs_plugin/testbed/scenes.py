@@ -15,7 +15,7 @@ A scene (all sizes in source pixels):
 * **distractors**: 8-16 neutral-coloured (grey / brown / dark) bars and blocks of 6-40 px.
 
 Four questions per scene, each with its target box ``hbox = [x1, y1, x2, y2]`` (for ``count`` the box around all
-the discs):
+the discs; none for an absent colour):
 
 ======================  ==============================================  ===================================
 category                question                                        answer (chance)
@@ -23,14 +23,15 @@ category                question                                        answer (
 ``object shape``        What is the shape of the {colour} object?       square/triangle/cross/diamond (25 %)
 ``object color``        What is the color of the {shape}?               one of the 3 scene colours (25 %)
 ``count``               How many white circles are there?               1-5 (20 %)
-``object position``     In which part of the image is the {colour} ...  top/bottom left/right (25 %)
+``object presence``     Is there a {colour} object?                     yes / no (50 %)
 ======================  ==============================================  ===================================
 
-``object shape`` and ``object color`` need the target near full resolution (:data:`FINE_CATEGORIES`); the position
-of a coloured dot is visible at the base level. The text ends with the real file's instruction suffixes (``count``
-has the other spelling). ``question_id`` is ``SYNTH_<n>``; images are ``LRS_VQA/image/synth_<split>_<n>.png`` (two
-thirds) or ``.tif`` (RGB TIFF). ``LRS_VQA/objects.jsonl`` lists every scene's planted objects (for training and
-pictures; the evaluated model never sees it).
+``object shape`` and ``object color`` need the target near full resolution (:data:`FINE_CATEGORIES`); a coloured dot
+is visible at the base level, so ``object presence`` does not (half its questions name a colour the scene lacks:
+those have no object and ``hbox`` is ``null``, like LRS-VQA's count rows). The text ends with the real file's
+instruction suffixes (``count`` has the other spelling). ``question_id`` is ``SYNTH_<n>``; images are
+``LRS_VQA/image/synth_<split>_<n>.png`` (two thirds) or ``.tif`` (RGB TIFF). ``LRS_VQA/objects.jsonl`` lists every
+scene's planted objects (for training and pictures; the evaluated model never sees it).
 
 Scenes of split ``train`` and ``eval`` are drawn from disjoint random streams (``numpy`` seed sequences keyed by
 the split), so no evaluation scene is ever trained on, whatever the seeds.
@@ -52,12 +53,13 @@ from lrs_plugin.errors import ConfigError
 
 __all__ = [
     "BASE_LONG_SIDE",
+    "C2F_CLEAN",
     "CATEGORIES",
     "CHANCE",
     "COLORS",
     "FINE_CATEGORIES",
     "HUGE_EVERY",
-    "POSITIONS",
+    "absent_color",
     "SHAPES",
     "SPLITS",
     "SUBSET",
@@ -94,14 +96,19 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("square", "triangle", "cross", "diamond")
 """Target shapes."""
 
-POSITIONS = ("top left", "top right", "bottom left", "bottom right")
-"""Answers of ``object position`` (the quadrant of the target's centre)."""
-
 COUNT_RANGE = (1, 5)
 """Number of white discs of a scene, inclusive."""
 
-CATEGORIES = ("count", "object color", "object position", "object shape")
+CATEGORIES = ("count", "object color", "object presence", "object shape")
 """Question categories (sorted, as the LRS-VQA tables sort them)."""
+
+C2F_CLEAN: dict[str, Any] = {"newline_vote_quirk": False, "unpad_floor_quirk": False, "masked_key_mode": "exclude"}
+"""The clean alternatives of the released code's three C2F quirks (docs/c2f.md), used by the testbed's C2F rows and
+by the training's pyramid formats. Two cost far more at this scale than on LRS-VQA: one pooled token is 16 px of the
+96-px base level (1/6 of it, against 1/36 of 1,008 px), so the truncating unpad drops up to a sixth of a scene's
+short side at the base level, and the released tile vote (unpadded token grid over the padded tile grid) drifts by
+a tile per zoom. Placeholder keys are excluded from every focus softmax, as the RFM is distilled (and the focus pass
+then runs the kept tokens only)."""
 
 FINE_CATEGORIES = ("object color", "object shape")
 """Categories whose answer needs the target near full resolution."""
@@ -109,7 +116,7 @@ FINE_CATEGORIES = ("object color", "object shape")
 CHANCE: dict[str, float] = {
     "count": 100.0 / (COUNT_RANGE[1] - COUNT_RANGE[0] + 1),
     "object color": 100.0 / len(COLORS),
-    "object position": 100.0 / len(POSITIONS),
+    "object presence": 50.0,
     "object shape": 100.0 / len(SHAPES),
 }
 """Accuracy (percent) of a uniform guess over each category's answers."""
@@ -251,18 +258,6 @@ def _place(rng: np.random.Generator, w: int, h: int, bw: int, bh: int, taken: li
     return None
 
 
-def _quadrant_ok(box: tuple[int, int, int, int], w: int, h: int) -> bool:
-    """The centre is at least 8 % of the side away from both midlines (the quadrant answer is unambiguous)."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return abs(cx - w / 2) > 0.08 * w and abs(cy - h / 2) > 0.08 * h
-
-
-def position_of(obj: PlantedObject, size: tuple[int, int]) -> str:
-    """``"top left"`` ... of the object's centre in an image of ``(W, H)``."""
-    cx, cy = obj.center
-    return f"{'top' if cy < size[1] / 2 else 'bottom'} {'left' if cx < size[0] / 2 else 'right'}"
-
-
 def make_scene(split: str, seed: int, index: int) -> Scene:
     """Generate scene ``index`` of ``split`` (deterministic for ``(split, seed, index)``)."""
     from PIL import Image
@@ -274,10 +269,10 @@ def make_scene(split: str, seed: int, index: int) -> Scene:
     objects: list[PlantedObject] = []
     colors = [str(c) for c in rng.permutation(list(COLORS))[:3]]
     shapes = [str(s) for s in rng.permutation(list(SHAPES))[:3]]
-    for i, (color, shape) in enumerate(zip(colors, shapes, strict=True)):
+    for color, shape in zip(colors, shapes, strict=True):
         side = int(rng.integers(_TARGET_SIZE[0], _TARGET_SIZE[1] + 1))
         box = None
-        while box is None or (i == 0 and not _quadrant_ok(box, w, h)):
+        while box is None:
             box = _place(rng, w, h, side, side, taken, margin=8)
         taken.append(box)
         objects.append(PlantedObject(shape, color, box))
@@ -305,42 +300,57 @@ def make_scene(split: str, seed: int, index: int) -> Scene:
     return Scene(np.asarray(canvas).copy(), tuple(objects))
 
 
-def question(category: str, scene: Scene, obj: PlantedObject | None = None) -> tuple[str, str]:
+def question(
+    category: str, scene: Scene, obj: PlantedObject | None = None, *, color: str | None = None
+) -> tuple[str, str]:
     """``(text, answer)`` of a ``category`` question about ``obj`` (a target; ignored for ``count``).
 
     The one wording of every question, shared by the benchmark files and the model's training examples.
+    ``object presence`` asks about ``obj``'s colour (answer ``yes``) or, without ``obj``, about ``color``.
 
     Raises:
-        ConfigError: an unknown category, or no target for a per-object category.
+        ConfigError: an unknown category, or no target (or colour) for a per-object category.
     """
     if category == "count":
         return f"How many white circles are there?{COUNT_SUFFIX}", str(len(scene.discs()))
+    if category == "object presence" and (obj is not None or color in COLORS):
+        named = obj.color if obj is not None else str(color)
+        present = any(t.color == named for t in scene.targets())
+        return f"Is there a {named} object?{NONCOUNT_SUFFIX}", "yes" if present else "no"
     if category not in CATEGORIES or obj is None:
         raise ConfigError(f"category={category!r} with object {obj!r}: valid categories {', '.join(CATEGORIES)}")
     if category == "object shape":
         return f"What is the shape of the {obj.color} object?{NONCOUNT_SUFFIX}", obj.kind
-    if category == "object color":
-        return f"What is the color of the {obj.kind}?{NONCOUNT_SUFFIX}", obj.color
-    return f"In which part of the image is the {obj.color} object?{NONCOUNT_SUFFIX}", position_of(obj, scene.size)
+    return f"What is the color of the {obj.kind}?{NONCOUNT_SUFFIX}", obj.color
+
+
+def absent_color(scene: Scene) -> str:
+    """The named colour no target of ``scene`` has (three of the four are used)."""
+    used = {t.color for t in scene.targets()}
+    return next(c for c in COLORS if c not in used)
 
 
 def scene_questions(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """The four questions of a scene: ``category``, ``text``, ``ground_truth``, ``hbox``."""
+    """The four questions of a scene: ``category``, ``text``, ``ground_truth``, ``hbox``.
+
+    Shape and colour ask about two different targets; presence names the third target's colour or, one time in two,
+    the colour the scene lacks (no box).
+    """
     targets = scene.targets()
     order = [int(i) for i in rng.permutation(len(targets))]
-    shape_t, color_t = targets[order[0]], targets[order[1]]
-    position_t = targets[0]  # placed away from the midlines
+    shape_t, color_t, other = (targets[k] for k in order)
     discs = scene.discs()
     union = [min(d.box[0] for d in discs), min(d.box[1] for d in discs)]
     union += [max(d.box[2] for d in discs), max(d.box[3] for d in discs)]
+    present = bool(rng.random() < 0.5)
     rows = []
     for category, obj, box in (
         ("object shape", shape_t, list(shape_t.box)),
         ("object color", color_t, list(color_t.box)),
         ("count", None, union),
-        ("object position", position_t, list(position_t.box)),
+        ("object presence", other if present else None, list(other.box) if present else None),
     ):
-        text, answer = question(category, scene, obj)
+        text, answer = question(category, scene, obj, color=None if obj is not None else absent_color(scene))
         rows.append({"category": category, "text": text, "ground_truth": answer, "hbox": box})
     return rows
 

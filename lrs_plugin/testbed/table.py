@@ -70,11 +70,13 @@ layer the training's focus term supervises, :data:`lrs_plugin.testbed.train.FOCU
 ZOOM_STEPS = 5
 """C2F rows zoom until the finest level (every testbed scene has at most 6 levels)."""
 
-C2F_OPTIONS = {"num_zoom_steps": ZOOM_STEPS, "newline_vote_quirk": False}
+C2F_OPTIONS = {"num_zoom_steps": ZOOM_STEPS, **sc.C2F_CLEAN}
 """Knobs of every C2F row and of the RFM's recorded passes. The released tile-vote mapping (``newline_vote_quirk``,
 unpadded token grid over the padded tile grid) drifts further from the voted tokens at every zoom: on the testbed
-with 5 zooms the oracle focus kept the target's tile at the finest level for 22.7 % of the questions with it (measured
-on the 600 evaluation questions), so the rows use the exact mapping through pixel coordinates."""
+with 5 zooms the oracle focus kept the target's tile at the finest level for only 22.7 % of the questions with it
+(measured on the 600 evaluation questions); the truncating unpad (``unpad_floor_quirk``) never shows a target in the
+last partial token row or column of the base grid, up to a sixth of the scene here. The rows use the clean options
+(:data:`lrs_plugin.testbed.scenes.C2F_CLEAN`)."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,12 @@ def row_specs(*, random_budget: int | None = None) -> list[RowSpec]:
             {**c2f, "focus": "llm_attention", "focus_layer": FOCUS_LAYER},
             f"C2F, the LLM's own attention at layer {FOCUS_LAYER} (the RFM's teacher)",
         ),
-        RowSpec("c2f_oracle", "c2f", {**c2f, "focus": "oracle"}, "C2F, the doc's target box as focus (upper bound)"),
+        RowSpec(
+            "c2f_oracle",
+            "c2f",
+            {**c2f, "focus": "oracle", "focus_missing_box": "uniform"},
+            "C2F, the doc's target box as focus (upper bound; uniform for an absent colour's question)",
+        ),
         RowSpec("c2f_uniform", "c2f", {**c2f, "focus": "uniform"}, "C2F, uniform scores (blind selection)"),
     ]
     if random_budget is not None:

@@ -23,7 +23,8 @@ method evaluated later):
 
 Where the window or the tiles are chosen, the training example uses the planted object's box (that is what makes a
 training example answerable); nothing about boxes reaches the model at inference. Count questions are asked only in
-formats that show the whole scene; position questions wherever the thumbnail or the whole scene is shown.
+formats that show the whole scene; shape, colour and presence questions (the asked object's colour or the absent one)
+in every format.
 
 Two stages: :func:`_vision_pretrain` trains the vision tower and projector alone on per-patch colour / shape labels
 (``vision_steps``; a from-scratch tower learns shape slowly, and the LLM cannot read what the tower does not see),
@@ -101,7 +102,7 @@ def _testbed_texts() -> tuple[str, ...]:
         f"What is the shape of the {colours} object? " * 4,
         f"What is the color of the {shapes}? " * 4,
         "How many white circles are there? 1 2 3 4 5 " * 4,
-        "In which part of the image is the object? " + " ".join(sc.POSITIONS) * 4,
+        f"Is there a {colours} object? yes no " * 4,
         (colours + " " + shapes + " ") * 8,
         "Which colored objects are there? red triangle, blue square, yellow cross, purple diamond, none " * 4,
     )
@@ -116,7 +117,21 @@ def testbed_corpus() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Knobs of :func:`train_testbed`; the defaults are the measured run of docs/testbed.md (~17 min on 2 cores)."""
+    """Knobs of :func:`train_testbed`; the defaults are the measured run of docs/testbed.md.
+
+    Attributes beyond the optimiser's:
+        others_share: Share of the ``pyramid_fine`` examples (at full difficulty) whose tiles also show the scene's
+            other targets, so the question's colour or shape has to pick its object among several (the binding
+            every multi-object view needs; without it the model answers from whichever object it sees).
+        probe_weight: Weight of the query probe: a linear head (discarded after training) reads, from the last
+            prompt token's input to :data:`FOCUS_LAYER`, the colour or shape the question names. It teaches the
+            first hop of the routing the answer needs (question word -> query), so the focus term's second hop
+            (query -> the object's tokens) can form. 0 turns it off.
+        gap_share, gap_max: That share of the joint-stage examples skips a random number (1 to ``gap_max``) of
+            RoPE positions between the vision tokens and the question, showing the model the long query-to-image
+            distances of every-tile views without paying for the tokens. Off by default (measured: it cost the
+            pyramid views' colour accuracy more than it gained, see docs/testbed.md).
+    """
 
     steps: int = 600
     batch_size: int = 16
@@ -132,6 +147,10 @@ class TrainConfig:
     focus_weight: float = 1.0
     vision_steps: int = 3000
     vision_batch_size: int = 16
+    others_share: float = 0.8
+    probe_weight: float = 1.0
+    gap_share: float = 0.0
+    gap_max: int = 2048
     format_mix: dict[str, float] = field(default_factory=lambda: dict(FORMAT_MIX))
 
     def __post_init__(self) -> None:
@@ -139,7 +158,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: an int >= 1")
-        for name in ("warmup", "seed", "vision_steps", "vision_batch_size"):
+        for name in ("warmup", "seed", "vision_steps", "vision_batch_size", "gap_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: an int >= 0")
@@ -159,7 +178,11 @@ class TrainConfig:
             or not (0 <= self.curriculum <= 1)
         ):
             raise ConfigError(f"TrainConfig.curriculum={self.curriculum!r} is invalid; valid: a share in [0, 1]")
-        for name in ("aux_weight", "focus_weight"):
+        for name in ("others_share", "gap_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
+                raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: a share in [0, 1]")
+        for name in ("aux_weight", "focus_weight", "probe_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"TrainConfig.{name}={value!r} is invalid; valid: a finite number >= 0")
@@ -296,30 +319,37 @@ def caption_of(objects: Sequence[sc.PlantedObject], boxes: Sequence[tuple[float,
     return ", ".join(name for _, _, name in sorted(seen)) or "none"
 
 
-def _questions(scene: sc.Scene, rng: np.random.Generator, *, target: sc.PlantedObject | None, whole: bool):
-    """``(category, text, answer)`` candidates about ``target`` (and the whole-scene ones when ``whole``)."""
-    categories = ["object shape", "object color"] if target is not None else []
-    categories.append("object position")
+def _questions(scene: sc.Scene, rng: np.random.Generator, *, target: sc.PlantedObject, whole: bool):
+    """``(category, text, answer)`` candidates about ``target`` (and count when ``whole`` shows every disc).
+
+    The presence question names ``target``'s colour or, one time in two, the colour the scene lacks.
+    """
+    present = bool(rng.random() < 0.5)
+    rows = [(c, *sc.question(c, scene, target)) for c in ("object shape", "object color")]
+    presence = sc.question("object presence", scene, target if present else None, color=sc.absent_color(scene))
+    rows.append(("object presence", *presence))
     if whole:
-        categories.append("count")
-    first = scene.targets()[0]  # the one placed away from the midlines: the position question's object
-    objects = {"object shape": target, "object color": target, "object position": first, "count": None}
-    return [(c, *sc.question(c, scene, objects[c])) for c in categories]
+        rows.append(("count", *sc.question("count", scene)))
+    return rows
 
 
-def _focus_box(scene: sc.Scene, category: str, target: sc.PlantedObject) -> tuple[int, int, int, int] | None:
-    """Box of the object a question is about (the attention target of :data:`FOCUS_LAYER`); ``None`` for count."""
-    if category in ("object shape", "object color"):
+def _focus_box(question: tuple[str, str, str], target: sc.PlantedObject) -> tuple[int, int, int, int] | None:
+    """Box of the object ``question`` is about (the attention target of :data:`FOCUS_LAYER`).
+
+    ``None`` for count and for a presence question about the absent colour.
+    """
+    category, _text, answer = question
+    if category in ("object shape", "object color") or (category == "object presence" and answer == "yes"):
         return target.box
-    if category == "object position":
-        return scene.targets()[0].box
     return None
 
 
 class _ExampleMaker:
     """Draws training examples of every format from a list of scenes."""
 
-    def __init__(self, backbone: Backbone, scenes: Sequence[sc.Scene], rng: np.random.Generator) -> None:
+    def __init__(
+        self, backbone: Backbone, scenes: Sequence[sc.Scene], rng: np.random.Generator, *, others_share: float = 0.8
+    ) -> None:
         from lrs_plugin.c2f.driver import _separator_id
         from lrs_plugin.c2f.pyramid import build_pyramid
         from lrs_plugin.imagery.large_image import LargeImage
@@ -333,6 +363,7 @@ class _ExampleMaker:
         self.sep_id = _separator_id(backbone, ":")
         self.difficulty = 1.0  # 0: single tiles around the object, 1: the full mix (see _train_loop)
         self.caption_share = CAPTION_SHARE
+        self.others_share = others_share  # TrainConfig.others_share
         self._thumbs: dict[int, np.ndarray] = {}
 
     # -- helpers
@@ -397,7 +428,7 @@ class _ExampleMaker:
         x0 = int(self.rng.integers(max(0, x2 - cw), min(x1, w - cw) + 1))
         y0 = int(self.rng.integers(max(0, y2 - ch), min(y1, h - ch) + 1))
         crop = Image.fromarray(scene.pixels[y0 : y0 + ch, x0 : x0 + cw])
-        q = self._pick(_questions(scene, self.rng, target=target, whole=False)[:2])
+        q = self._pick(_questions(scene, self.rng, target=target, whole=False))
         boxes = [
             (x0 + c * t, y0 + r * t, x0 + (c + 1) * t, y0 + (r + 1) * t) for r in range(ch // t) for c in range(cw // t)
         ]
@@ -436,7 +467,9 @@ class _ExampleMaker:
 
         def layout(feats: torch.Tensor) -> tuple[torch.Tensor, Any]:
             thumb, grid_feats = feats[0], bb.pool2x2(feats[1:])
-            embeds, mask, shape = build_level_grid(grid_feats, tiles, level.grid_hw, content_wh, newline)
+            embeds, mask, shape = build_level_grid(
+                grid_feats, tiles, level.grid_hw, content_wh, newline, floor=sc.C2F_CLEAN["unpad_floor_quirk"]
+            )
             keep = mask.clone()
             if ratio < 1.0:
                 gen = torch.Generator().manual_seed(seed)
@@ -476,7 +509,7 @@ class _ExampleMaker:
         scene = self.scenes[i]
         target = scene.targets()[int(self.rng.integers(3))]
         q = self._pick(_questions(scene, self.rng, target=target, whole=True))
-        focus = _focus_box(scene, q[0], target)
+        focus = _focus_box(q, target)
         return self._pyramid(i, 0, all_tiles(self.pyramids[i].levels[0]), None, q, "pyramid_base", focus)
 
     def _pyramid_full(self, i: int) -> _Example:
@@ -490,7 +523,7 @@ class _ExampleMaker:
         target = scene.targets()[int(self.rng.integers(3))]
         q = self._pick(_questions(scene, self.rng, target=target, whole=True))
         level = len(self.pyramids[i].levels) - 1
-        focus = _focus_box(scene, q[0], target)
+        focus = _focus_box(q, target)
         return self._pyramid(i, level, all_tiles(self.pyramids[i].levels[-1]), None, q, "pyramid_full", focus)
 
     def _pyramid_fine(self, i: int) -> _Example:
@@ -509,11 +542,15 @@ class _ExampleMaker:
         c0 = int(np.clip(tc - int(rng.integers(bw)), 0, max(gw - bw, 0)))
         chosen = {(r, c) for r in range(r0, min(r0 + bh, gh)) for c in range(c0, min(c0 + bw, gw))}
         chosen.add((tr, tc))
+        if rng.random() < self.others_share * self.difficulty:  # the other targets too: the question must pick one
+            for other in scene.targets():
+                ox, oy = other.center
+                chosen.add((min(int(oy * sy // t), gh - 1), min(int(ox * sx // t), gw - 1)))
         for _ in range(int(rng.integers(0, 1 + int(24 * self.difficulty)))):
             chosen.add((int(rng.integers(gh)), int(rng.integers(gw))))
         tiles = sorted(chosen)
         q = self._pick(_questions(scene, rng, target=target, whole=False))
-        return self._pyramid(i, li, tiles, target.box, q, "pyramid_fine", _focus_box(scene, q[0], target))
+        return self._pyramid(i, li, tiles, target.box, q, "pyramid_fine", _focus_box(q, target))
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -557,7 +594,7 @@ def _sequences(
         if focus is not None:
             p = len(prefix)
             focus = (slice(p + focus[0], p + vision.shape[0]), focus[1] + p, query)
-        out.append((seq, labels, focus))
+        out.append((seq, labels, focus, len(prefix) + vision.shape[0], _asked(e.question)))
     return out, aux_loss
 
 
@@ -566,7 +603,22 @@ FOCUS_LAYER = 3
 ``focus=llm_attention`` reads it and its RFM distils toward it."""
 
 
-def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Tensor, int]) -> torch.Tensor:
+PROBE_WORDS = (*sc.COLORS, *sc.SHAPES)
+"""Classes of the query probe: the colour or shape word a question names (:func:`_asked`)."""
+
+
+def _asked(question: str) -> int:
+    """Index in :data:`PROBE_WORDS` of the attribute ``question`` names; -100 when it names none (count, caption)."""
+    words = question.lower().replace("?", " ").split()
+    for k, word in enumerate(PROBE_WORDS):
+        if word in words:
+            return k
+    return -100
+
+
+def _focus_loss(
+    bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Tensor, int], positions: torch.Tensor
+) -> torch.Tensor:
     """``-log`` of the head-averaged attention mass the query puts on the object's grid tokens at :data:`FOCUS_LAYER`.
 
     The attention is rebuilt from the layer's q/k exactly as ``focus=llm_attention`` scores a grid (softmax over
@@ -576,6 +628,7 @@ def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Te
         bb: The backbone.
         hidden: ``[1, L, C]`` input of :data:`FOCUS_LAYER`.
         focus: ``(keys, target, query_index)`` from :func:`_sequences`.
+        positions: ``[L]`` RoPE positions of the rows (see ``TrainConfig.gap_share``).
     """
     import torch
 
@@ -584,19 +637,32 @@ def _focus_loss(bb: Backbone, hidden: torch.Tensor, focus: tuple[slice, torch.Te
     lm = bb.language_model
     keys, target, query = focus
     logits = query_logits(
-        lm.layers[FOCUS_LAYER], hidden, config=lm.config, rotary_emb=lm.rotary_emb, keys=keys, query_index=query
+        lm.layers[FOCUS_LAYER],
+        hidden,
+        config=lm.config,
+        rotary_emb=lm.rotary_emb,
+        keys=keys,
+        query_index=query,
+        positions=positions,
     )
     mass = torch.softmax(logits, dim=-1).mean(0)[target - keys.start].sum()
     return -torch.log(mass.clamp_min(1e-6))
 
 
 def _step_losses(
-    bb: Backbone, seqs: Sequence[tuple[torch.Tensor, torch.Tensor, Any]], *, token_budget: int = 3072
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bb: Backbone,
+    seqs: Sequence[tuple[torch.Tensor, torch.Tensor, Any, int, int]],
+    *,
+    gaps: Sequence[int] | None = None,
+    probe: torch.nn.Module | None = None,
+    token_budget: int = 3072,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``[B]`` answer loss per example (summed over its tokens) and the mean focus loss.
 
     The focus loss is ``None`` when no example has a focus target. Length-sorted micro-batches of at most
-    ``token_budget`` padded tokens, so one long example does not pad the whole step.
+    ``token_budget`` padded tokens, so one long example does not pad the whole step. ``gaps[i]`` RoPE positions
+    are skipped before example ``i``'s question (``TrainConfig.gap_share``; none by default). With ``probe``, the third
+    value is the query probe's mean cross-entropy (``TrainConfig.probe_weight``), else ``None``.
     """
     import torch
     import torch.nn.functional as F
@@ -604,6 +670,8 @@ def _step_losses(
     order = sorted(range(len(seqs)), key=lambda i: seqs[i][0].shape[0])
     losses: list[torch.Tensor | None] = [None] * len(seqs)
     focus_terms: list[torch.Tensor] = []
+    probe_rows: list[torch.Tensor] = []
+    probe_labels: list[int] = []
     group: list[int] = []
 
     def flush() -> None:
@@ -612,17 +680,25 @@ def _step_losses(
         embeds = seqs[group[0]][0].new_zeros(len(group), length, c)
         mask = torch.zeros(len(group), length, dtype=torch.long)
         labels = torch.full((len(group), length), -100, dtype=torch.long)
+        positions = torch.arange(length).repeat(len(group), 1)
         for b, i in enumerate(group):
-            seq, lab, _ = seqs[i]
+            seq, lab, _, question_at, _ = seqs[i]
             embeds[b, : seq.shape[0]], mask[b, : seq.shape[0]], labels[b, : seq.shape[0]] = seq, 1, lab
-        out = bb.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
+            positions[b, question_at:] += 0 if gaps is None else int(gaps[i])
+        out = bb.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, output_hidden_states=True
+        )
         hidden = out.last_hidden_state
         for b, i in enumerate(group):
             rows = labels[b] != -100
             losses[i] = F.cross_entropy(bb.lm_head(hidden[b][rows]), labels[b][rows], reduction="sum")
             focus = seqs[i][2]
             if focus is not None:
-                focus_terms.append(_focus_loss(bb, out.hidden_states[FOCUS_LAYER][b : b + 1], focus))
+                focus_terms.append(_focus_loss(bb, out.hidden_states[FOCUS_LAYER][b : b + 1], focus, positions[b]))
+            if probe is not None and seqs[i][4] >= 0:
+                query = int(rows.nonzero()[0])  # the last prompt token predicts the first answer token
+                probe_rows.append(out.hidden_states[FOCUS_LAYER][b, query])
+                probe_labels.append(seqs[i][4])
 
     for i in order:
         if group and (len(group) + 1) * seqs[i][0].shape[0] > token_budget:
@@ -631,7 +707,10 @@ def _step_losses(
         group.append(i)
     flush()
     focus_loss = torch.stack(focus_terms).mean() if focus_terms else None
-    return torch.stack(losses), focus_loss  # type: ignore[arg-type]
+    probe_loss = None
+    if probe_rows:
+        probe_loss = F.cross_entropy(probe(torch.stack(probe_rows)), torch.tensor(probe_labels))
+    return torch.stack(losses), focus_loss, probe_loss  # type: ignore[arg-type]
 
 
 def train_testbed(
@@ -762,13 +841,15 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
 
     rng = np.random.default_rng([cfg.seed, 11])
     scenes = [sc.make_scene("train", cfg.seed, i) for i in range(cfg.train_scenes)]
-    maker = _ExampleMaker(bb, scenes, rng)
+    maker = _ExampleMaker(bb, scenes, rng, others_share=cfg.others_share)
     model = bb.model
     model.train()
     width = bb.hidden_size
     aux = torch.nn.ModuleList([torch.nn.Linear(width, len(c)) for c in (AUX_COLORS, AUX_SHAPES)])
     vision_curve = _vision_pretrain(bb, maker, aux, cfg, log) if cfg.vision_steps else []
+    probe = torch.nn.Linear(width, len(PROBE_WORDS)) if cfg.probe_weight else None
     params = [p for p in model.parameters() if p.requires_grad] + list(aux.parameters())
+    params += list(probe.parameters()) if probe is not None else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     names = sorted(cfg.format_mix)
     shares = np.array([cfg.format_mix[n] for n in names], dtype=float)
@@ -790,11 +871,15 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
         for e in examples:
             counts[e.fmt] += 1
         seqs, aux_loss = _sequences(bb, examples, aux if cfg.aux_weight else None)
-        per_example, focus_loss = _step_losses(bb, seqs)
+        gaps = [int(rng.integers(1, cfg.gap_max + 1)) if rng.random() < cfg.gap_share else 0 for _ in seqs]
+        per_example, focus_loss, probe_loss = _step_losses(bb, seqs, gaps=gaps, probe=probe)
         loss = per_example.mean()
         if aux_loss is not None:
             loss = loss + cfg.aux_weight * aux_loss
             by_cat.setdefault("aux", []).append(float(aux_loss.detach()))
+        if probe_loss is not None:
+            loss = loss + cfg.probe_weight * probe_loss
+            by_cat.setdefault("probe", []).append(float(probe_loss.detach()))
         if focus_loss is not None and cfg.focus_weight:
             loss = loss + cfg.focus_weight * focus_loss
             by_cat.setdefault("focus", []).append(float(focus_loss.detach()))
@@ -828,7 +913,7 @@ def _train_loop(bb: Backbone, cfg: TrainConfig, log: Callable[[str], None] | Non
 ANSWERS: dict[str, tuple[str, ...]] = {
     "object shape": sc.SHAPES,
     "object color": tuple(sc.COLORS),
-    "object position": sc.POSITIONS,
+    "object presence": ("yes", "no"),
     "count": tuple(str(n) for n in range(sc.COUNT_RANGE[0], sc.COUNT_RANGE[1] + 1)),
 }
 """Every possible answer of each category (the candidates :func:`heldout_accuracy` ranks)."""
@@ -858,7 +943,7 @@ def heldout_accuracy(
     with torch.no_grad():
         for _ in range(per_scene * len(scenes)):
             e = maker.make(fmt)
-            ((seq, _labels, _focus),), _ = _sequences(backbone, [e])
+            ((seq, *_rest),), _ = _sequences(backbone, [e])
             head = seq[: seq.shape[0] - len(tok.encode(e.answer, add_special_tokens=False)) - 1]
             scores = []
             for cand in ANSWERS[e.category]:

@@ -64,6 +64,7 @@ def test_import_is_light():
         ("base_long_side_tiles", 1, r"base_long_side_tiles=1 is invalid; valid: an int >= 2"),
         ("separator", "", r"separator='' is invalid; valid: a non-empty token string or None"),
         ("newline_vote_quirk", "yes", r"newline_vote_quirk='yes' is invalid; valid: True or False"),
+        ("unpad_floor_quirk", 0, r"unpad_floor_quirk=0 is invalid; valid: True or False"),
         ("masked_key_mode", "drop", r"masked_key_mode='drop' is invalid; valid: None, 'faithful', 'exclude'"),
         ("pool", "max", r"pool='max' is invalid; valid: 'avg2x2', 'none'"),
         ("max_tiles_per_level", 0, r"max_tiles_per_level=0 is invalid; valid: None or an int >= 1"),
@@ -79,6 +80,7 @@ def test_config_defaults_are_the_release_and_frozen():
     cfg = C2FConfig()
     assert (cfg.keep_ratio, cfg.select_ratio, cfg.num_zoom_steps, cfg.base_long_side_tiles) == (0.25, 0.25, 1, 3)
     assert (cfg.separator, cfg.newline_vote_quirk, cfg.pool, cfg.thumbnail) == (":", True, "avg2x2", True)
+    assert cfg.unpad_floor_quirk is True
     assert cfg.masked_key_mode is None and cfg.max_tiles_per_level is None and cfg.token_budget is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.keep_ratio = 0.5  # type: ignore[misc]
@@ -305,6 +307,25 @@ def test_oracle_zooms_into_the_box_within_the_budget(backbones, images, variant,
         assert box_tokens <= kept  # every box token reaches the LLM
     else:
         assert kept <= box_tokens  # only box tokens reach the LLM
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_unpad_floor_quirk_off_shows_a_target_in_the_partial_strip(backbones, make_image_file, variant):
+    """A box in the base grid's partial last column: the released crop never scores it, ceil keeps it in view."""
+    bb = backbones[variant]
+    path = make_image_file(300, 470, seed=3)  # 470 x 300; base 168 x 107 px: 3.83 token rows of 28 px
+    box = [10, 290, 40, 299]  # base rows 3.70-3.81: only in the partial 4th row
+    with LargeImage(path) as image:
+        got = {}
+        for floor in (True, False):
+            cfg = C2FConfig(num_zoom_steps=1, newline_vote_quirk=False, unpad_floor_quirk=floor)
+            result = run_c2f(bb, image, QUESTION, build_focus("oracle", bb), cfg, doc={"hbox": box}, max_new_tokens=2)
+            got[floor] = result.record
+    base = {floor: record.c2f.levels[0] for floor, record in got.items()}
+    assert base[False].grid_shape_hw[0] == base[True].grid_shape_hw[0] + 1
+    assert max(base[True].scores) == 0.0  # no base token overlaps the box: the zoom is blind
+    assert max(base[False].scores) == 1.0
+    assert got[False].focus_recall.tile == 1.0
 
 
 def test_budget_below_the_fixed_cost_is_refused(backbones, images):

@@ -160,6 +160,17 @@ def test_unpad_truncates_and_crops_columns():
     assert unpadded_grid_hw((36, 36), (1000, 1000)) == (36, 36)
 
 
+def test_unpad_floor_false_keeps_the_partial_row_or_column():
+    # 472 x 738 portrait with a 6 x 4 token map (96-px base of 32-px tiles, 16-px tokens): 472 * 6 / 738 = 3.84
+    assert unpadded_grid_hw((6, 4), (472, 738), per_tile=2) == (6, 3)  # released: the 4th column is dropped
+    assert unpadded_grid_hw((6, 4), (472, 738), per_tile=2, floor=False) == (6, 4)
+    assert unpadded_grid_hw((24, 36), (12000, 5000), floor=False) == (15, 36)  # 15.0 exactly: nothing to round
+    assert unpadded_grid_hw((24, 36), (12000, 5001), floor=False) == (16, 36)  # 15.003 -> 16
+    assert unpadded_grid_hw((36, 36), (1000, 1000), floor=False) == (36, 36)  # never beyond the padded map
+    base = build_pyramid(6000, 7000).levels[0]
+    assert unpadded_grid_hw(base.token_grid_hw(), (7000, 6000), floor=False) == (31, 36)  # 30.86 -> 31
+
+
 def test_unpad_errors():
     with pytest.raises(ConfigError, match=r"token grid \(3, 3\) is not a multiple of per_tile=12"):
         unpadded_grid_hw((3, 3), (7000, 6000))

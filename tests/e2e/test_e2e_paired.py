@@ -74,7 +74,7 @@ def test_compare_on_the_two_real_runs(runs):
     metrics = b.results["results"]["lrs_synth"]
     assert result["delta"] == pytest.approx(metrics["score,none"] - metrics["paired_baseline_score"])
     assert result["ci95"][0] <= result["delta"] <= result["ci95"][1]
-    assert set(result["by_category"]) == {"count", "object color", "object position", "object shape"}
+    assert set(result["by_category"]) == {"count", "object color", "object presence", "object shape"}
     run_a, run_b = load_run(base / "none"), load_run(base / "c2f")
     pairs = [(run_a.tasks["lrs_synth"][k], run_b.tasks["lrs_synth"][k]) for k in run_a.tasks["lrs_synth"]]
     assert result["agreement"] == pytest.approx(100 * sum(x.correct == y.correct for x, y in pairs) / 12)

@@ -182,6 +182,44 @@ def test_llm_attention_equals_eager_attention(ckpts, backbones, variant, layer, 
         assert float(faithful[~key_mask[span]].min()) > 0.0  # the quirk: placeholders share the softmax
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_excluded_placeholders_are_left_out_with_the_same_scores(backbones, variant, monkeypatch):
+    """``exclude``: the kept tokens alone, at their own RoPE positions, give the full sequence's scores."""
+    from lrs_plugin.focus import attention
+
+    bb = backbones[variant]
+    lm = bb.language_model
+    embeds, span, key_mask = _sequence(bb, seed=5, holes=True)
+    lengths = []
+    real = attention.run_layers
+
+    def counting(layers, hidden, **kw):
+        lengths.append(hidden.shape[1])
+        return real(layers, hidden, **kw)
+
+    monkeypatch.setattr(attention, "run_layers", counting)
+    kw = {
+        "config": lm.config,
+        "rotary_emb": lm.rotary_emb,
+        "grid_span": span,
+        "query_index": embeds.shape[1] - 1,
+        "key_mask": key_mask,
+        "masked_key_mode": "exclude",
+    }
+    with torch.no_grad():
+        full = attention.focus_row_scores(lm.layers[:2], lm.layers[2], embeds, compact=False, **kw)
+        compact = attention.focus_row_scores(lm.layers[:2], lm.layers[2], embeds, **kw)
+        faithful = attention.focus_row_scores(lm.layers[:2], lm.layers[2], embeds, **{**kw, "masked_key_mode": "faithful"})
+    torch.testing.assert_close(compact, full, atol=1e-6, rtol=0)
+    assert lengths == [embeds.shape[1], int(key_mask.sum()), embeds.shape[1]]  # faithful needs the placeholders
+    assert float(compact[~key_mask[span]].abs().max()) == 0.0
+    assert float(faithful[~key_mask[span]].min()) > 0.0
+    every = torch.zeros_like(key_mask)
+    every[: span.start] = True
+    with pytest.raises(ConfigError, match="every grid key is masked"):
+        attention.focus_row_scores(lm.layers[:2], lm.layers[2], embeds, **{**kw, "key_mask": every})
+
+
 def test_scores_ignore_tokens_after_the_query(backbones):
     bb = backbones[VARIANTS[0]]
     embeds, span, _ = _sequence(bb)

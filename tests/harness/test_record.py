@@ -18,6 +18,7 @@ from lrs_plugin.harness.record import (
     PDropKnobs,
     SampleRecord,
     SampleRecordStore,
+    StageSeconds,
 )
 
 # The stats dicts earlier versions wrote (keys and values as in resume files of lrs-plugin before the record).
@@ -135,7 +136,11 @@ def test_json_keys_list_every_key_once():
 
 def test_efficiency_figures_read_the_fields_in_metric_order():
     record = SampleRecord.from_dict(OLD_PDROP)
-    record.tflops, record.latency_s = 2.0, 0.5
+    record.tflops, record.latency_s, record.ttft_s = 2.0, 0.5, 0.25
+    record.stage_seconds = StageSeconds(
+        image_read_s=0.01, vision_encode_s=0.02, focus_s=0.0, llm_prefill_s=0.2, llm_decode_s=0.1
+    )
+    record.peak_memory_bytes, record.peak_memory_growth_bytes, record.kv_cache_bytes = 3 * 2**20, 2**20, 2**19
     assert tuple(efficiency_figures(record)) == EFFICIENCY_KEYS
     assert efficiency_figures(record) == {
         "vision_tokens_encoded": 16,
@@ -144,6 +149,15 @@ def test_efficiency_figures_read_the_fields_in_metric_order():
         "latency_s": 0.5,
         "focus_tile_recall": 1.0,
         "focus_token_recall": 0.5,
+        "image_read_s": 0.01,
+        "vision_encode_s": 0.02,
+        "focus_s": 0.0,
+        "llm_prefill_s": 0.2,
+        "llm_decode_s": 0.1,
+        "ttft_s": 0.25,
+        "peak_memory_mib": 3.0,
+        "peak_memory_growth_mib": 1.0,
+        "kv_cache_mib": 0.5,
     }
     assert set(efficiency_figures(SampleRecord()).values()) == {None}
 

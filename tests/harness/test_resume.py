@@ -22,6 +22,7 @@ import pytest
 from loguru import logger
 
 from lrs_plugin.errors import ConfigError
+from lrs_plugin.flops.accounting import MEASURED_KEYS
 from lrs_plugin.harness.record import SampleRecord
 from lrs_plugin.harness.resume import (
     ResumeStore,
@@ -299,12 +300,12 @@ def generated_per_rank(log: str) -> Counter:
 
 
 def metric_values(run: EvalRun) -> dict[str, float]:
-    """Every metric of ``results`` and ``groups`` except wall-clock latency (measured, so never reproducible)."""
+    """Every metric of ``results`` and ``groups`` except the measured times and memory (never reproducible)."""
     out = {}
     for section in ("results", "groups"):
         for task, metrics in run.results[section].items():
             for name, value in metrics.items():
-                if name != "alias" and "latency" not in name:
+                if name != "alias" and not any(key in name for key in MEASURED_KEYS):
                     out[f"{section}/{task}/{name}"] = value
     return out
 

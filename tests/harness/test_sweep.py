@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,14 @@ import pytest
 from PIL import Image
 
 from lrs_plugin.errors import ConfigError
-from lrs_plugin.harness.sweep import BUDGET_KNOBS, CSV_COLUMNS, SweepConfig, budget_options, run_sweep
+from lrs_plugin.harness.sweep import (
+    BUDGET_KNOBS,
+    CSV_COLUMNS,
+    NO_BUDGET_KNOB,
+    SweepConfig,
+    budget_options,
+    run_sweep,
+)
 from lrs_plugin.reducers.registry import available_reducers
 
 
@@ -27,8 +35,14 @@ def test_each_knob_maps_a_budget_to_the_reducers_own_options():
 
 @pytest.mark.parametrize("reducer", sorted(set(available_reducers()) - set(BUDGET_KNOBS)))
 def test_a_reducer_without_a_budget_knob_is_refused_naming_the_valid_ones(reducer):
-    with pytest.raises(ConfigError, match=rf"reducer '{reducer}' has no budget knob.*valid: c2f, fastv, pdrop, random"):
+    why = re.escape(NO_BUDGET_KNOB[reducer])  # every registered reducer without a knob says why
+    with pytest.raises(ConfigError, match=rf"'{reducer}' has no budget knob for sweep \({why}\); valid: c2f, fastv"):
         SweepConfig(task="lrs_synth", pretrained="ckpt", reducers=("c2f", reducer), budgets=(64,))
+
+
+def test_blind_is_refused_as_the_language_prior_floor():
+    with pytest.raises(ConfigError, match=r"'blind' has no budget knob for sweep \(it sends no vision token at all"):
+        budget_options("blind", 64)
 
 
 def test_bad_sweep_settings_name_the_value():

@@ -65,6 +65,8 @@ def write_results(
             "eff_vision_tokens_to_llm,none": 250.0,
             "eff_tflops,none": 2.0,
             "eff_latency_s,none": 0.5,
+            "eff_ttft_s,none": 0.25,
+            "eff_peak_memory_mib,none": 900.0 + 100 * i,
             "eff_tflops_stderr,none": "N/A",
         }
         if task in LRS_TASK_SUBSET:
@@ -124,6 +126,8 @@ def test_round_trip_results_file_to_csv_and_back(tmp_path):
     assert row["lrs_fair.object_category"] == 22.0 and row["lrs_star.rural_or_urban"] == 32.0
     assert row["mme_rw_rs.position"] == 26.0
     assert row["vision_tokens_to_llm"] == 250.0 and row["tflops"] == 2.0 and row["hardware"] == "1x H200"
+    assert row["ttft_s"] == 0.25  # measured columns: per-question means weighted by the tasks' sizes
+    assert row["peak_memory_mib"] == pytest.approx((4 * 900 + 3 * 1000 + 5 * 1100 + 6 * 1200) / 18, rel=1e-5)
     assert (row["source"], row["scoring"], row["date"]) == ("measured", "wordnet+official", "2026-01-02")
     assert row["lmms_eval_version"][0].isdigit()  # not lmms-eval's "<branch>@<sha>" of the working directory
     assert len(row["config_hash"]) == 64 and row["results_link"] == "https://x.org/r.json"
@@ -257,7 +261,10 @@ def test_formula_cells_are_refused(prefix, measured_row):
         ({"scoring": "paper"}, "scoring=paper is only for source=paper rows"),
         ({"avg_acc": 50.0}, "avg_acc=50.0 but the mean"),
         ({"lrs_bridge": None}, "avg_acc is set but not all of"),
-        ({"latency_s": 0.5}, "latency_s / fps need the hardware"),
+        ({"latency_s": 0.5}, "latency_s / fps / ttft_s / peak_memory_mib need the hardware"),
+        ({"ttft_s": 0.2}, "need the hardware they were measured on"),
+        ({"peak_memory_mib": 900.0}, "need the hardware they were measured on"),
+        ({"peak_memory_mib": -1.0, "hardware": "cpu"}, "peak_memory_mib=-1.0 is negative"),
         ({"lrs_fair.count": 90.0, **{f"lrs_fair.{c.replace(' ', '_')}": 90.0 for c in SUBSETS["FAIR"]}}, "mean of its"),
         ({"unknown_subset.count": 3.0}, "unknown column(s) ['unknown_subset.count']"),
         ({"model": 3}, "model=3 must be text"),
@@ -266,6 +273,24 @@ def test_formula_cells_are_refused(prefix, measured_row):
 def test_validate_rows_rejections(changes, message, measured_row):
     errors = lb.validate_rows([measured_row(**changes)])
     assert any(message in e for e in errors), errors
+
+
+def test_a_file_without_the_optional_measured_columns_is_read_and_rewritten_with_them(tmp_path, measured_row):
+    from lrs_plugin.leaderboard.schema import OPTIONAL_COLUMNS
+
+    old_header = [c for c in COLUMN_NAMES if c not in OPTIONAL_COLUMNS]
+    csv_path = tmp_path / "leaderboard.csv"
+    row = measured_row(latency_s=0.5, hardware="cpu")
+    lines = [",".join(old_header), ",".join(lb.format_cell(c, row[c]) for c in old_header)]
+    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert lb.validate_file(csv_path) == []
+    (read,) = lb.read_rows(csv_path)
+    assert read["ttft_s"] is None and read["peak_memory_mib"] is None and read["latency_s"] == 0.5
+    lb.submit(write_results(tmp_path / "run"), csv_path, hardware="cpu", link="https://x.org/r.json")
+    assert csv_path.read_text().splitlines()[0] == ",".join(COLUMN_NAMES)
+    moved = [c for c in COLUMN_NAMES if c != "ttft_s"] + ["ttft_s"]  # optional, but never out of order
+    csv_path.write_text(",".join(moved) + "\n", encoding="utf-8")
+    assert any("header is not the schema's columns in order" in e for e in lb.validate_file(csv_path))
 
 
 def test_missing_column_and_duplicate_key_are_refused(measured_row):
@@ -478,6 +503,7 @@ def test_csv_text_is_stable():
         ),
         ("pretrained=/c/m,reducer=anyres,max_tiles=2,pinpoints=checkpoint", "max_tiles=2,pinpoints=checkpoint"),
         ("pretrained=/c/m,reducer=none", "default"),
+        ("pretrained=/c/m,reducer=blind", "default"),  # the language-prior floor: method "blind"
     ],
 )
 def test_default_setting_names_anyres_limits_as_the_paper(tmp_path, model_args, setting):

@@ -326,6 +326,8 @@ def test_every_reducer_reports_recall_or_is_keep_all(tiny_backbones, image_path)
         if name in KEEP_ALL_REDUCERS:  # the model adds 1.0 for them
             assert not set(KEYS) & set(stats.to_dict())
             assert _keep_all_recall(name, doc, (230, 150)) == FocusRecall(tile=1.0, token=1.0)
+        elif name == "blind":  # no vision token: no recall (null), and the model adds none
+            assert not set(KEYS) & set(stats.to_dict()) and _keep_all_recall(name, doc, (230, 150)) is None
         else:
             assert set(KEYS) <= set(stats.to_dict()), name
 

@@ -2,7 +2,9 @@
 
 Every reducer's record round-trips through its JSON object and writes only keys that are fields of the record.
 Pre-LLM reducers must send their vision tokens through :meth:`Backbone.generate`; its ``inputs_embeds`` are captured
-and a keep-all run must hand the LLM exactly what ``none`` does. A reducer whose ``archs`` exclude a variant's
+and a keep-all run must hand the LLM exactly what ``none`` does. A reducer that sends no vision token (``blind``)
+is exempt from the token and budget rules: it must send zero, encode nothing, record no focus recall and give the
+LLM exactly the text-only prompt. A reducer whose ``archs`` exclude a variant's
 architecture must be refused by :func:`build_reducer` with a :class:`ConfigError` naming that architecture.
 """
 
@@ -38,11 +40,13 @@ class Case:
             ``None`` when the method cannot equal ``none`` by design (then it has its own reference tests).
         budgeted: Options of a reduced run. A ``"budget"`` / ``"token_budget"`` entry is checked generically.
         check: Extra assertions on the budgeted run, ``check(stats, none_stats)``.
+        vision: ``False`` for a reducer that sends no vision token (``blind``, the language-prior floor).
     """
 
     keep_all: dict[str, Any] | None
     budgeted: dict[str, Any]
     check: Callable[[Stats, Stats], None] | None = None
+    vision: bool = True
 
 
 def _anyres_check(stats: Stats, ref: Stats) -> None:
@@ -73,6 +77,8 @@ TABLE: dict[str, Case] = {
     "visionzip": Case(None, {"dominant": 4, "contextual": 2}, _visionzip_check),
     # Merged tokens plus a pruned-summary token per tile, no newlines: it never equals ``none``.
     "prumerge": Case(None, {"adaptive": False, "reduction_ratio": 0.25}, _prumerge_check),
+    # The question without its image: no vision token, no budget, no recall; cannot equal ``none``.
+    "blind": Case(None, {}, vision=False),
 }
 
 
@@ -144,9 +150,15 @@ def test_contract(backbones, image_path, refs, monkeypatch, variant, name) -> No
     spy = _Spy(bb, monkeypatch)
     out, embeds = spy.ask(name, bb, case.budgeted, image_path)
     assert isinstance(out.text, str)
-    assert out.record.vision_tokens_to_llm >= 1
     for key in ("tiles_encoded", "vision_tokens_encoded", "llm_input_len", "new_tokens", "focus_passes"):
         assert key in out.record.to_dict()
+    if not case.vision:  # the exemptions: nothing encoded or sent, the text-only prompt, no recall
+        record = out.record
+        assert record.vision_tokens_to_llm == record.vision_tokens_encoded == record.tiles_encoded == 0
+        assert embeds is not None and torch.equal(embeds[0], bb.embed_ids(bb.text_prompt_ids("What is it?")))
+        assert record.llm_input_len == embeds.shape[1] and record.focus_recall is None
+        return
+    assert out.record.vision_tokens_to_llm >= 1
     if spec.stage == "pre_llm":  # the LLM sees exactly the recorded sequence: the prompt text + the vision tokens
         assert embeds is not None, f"pre-LLM reducer {name!r} did not call Backbone.generate"
         assert embeds.shape[1] == out.record.llm_input_len

@@ -24,13 +24,16 @@ def tree(make_lrs_synth_tree):
 def test_rows_follow_the_lrs_vqa_schema_and_read_back(tree):
     rows = lrs_data.load_questions(tree / lrs_data.QUESTION_FILE, subsets=SUBSETS)
     assert len(rows) == 24
-    assert [r["category"] for r in rows[:4]] == ["object shape", "object color", "count", "object position"]
+    assert [r["category"] for r in rows[:4]] == ["object shape", "object color", "count", "object presence"]
     docs = lrs_data.build_docs(tree, "SYNTH", subsets=SUBSETS)
-    assert len(docs) == 24 and all(d["hbox"] is not None for d in docs)
+    assert len(docs) == 24
+    # every question has its box but a presence question about the colour the scene lacks
+    assert all((d["hbox"] is None) == (d["category"] == "object presence" and d["ground_truth"] == "no") for d in docs)
     for doc in docs:
         w, h = doc["image_size"]
-        x1, y1, x2, y2 = doc["hbox"]
-        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        if doc["hbox"] is not None:
+            x1, y1, x2, y2 = doc["hbox"]
+            assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
         suffix = scenes.COUNT_SUFFIX if doc["category"] == "count" else scenes.NONCOUNT_SUFFIX
         assert doc["text"].endswith(suffix)
         with open_image(doc["image_path"]) as image:
@@ -49,17 +52,21 @@ def test_answers_match_the_planted_objects(tree):
     rows = lrs_data.load_questions(tree / lrs_data.QUESTION_FILE, subsets=SUBSETS)
     for i, entry in enumerate(objects):
         planted = entry["objects"]
-        shape_q, color_q, count_q, pos_q = rows[4 * i : 4 * i + 4]
+        shape_q, color_q, count_q, presence_q = rows[4 * i : 4 * i + 4]
         targets = {tuple(box): (kind, color) for kind, color, box in planted if kind in SHAPES}
         assert targets[tuple(shape_q["hbox"])][0] == shape_q["ground_truth"]
         assert targets[tuple(color_q["hbox"])][1] == color_q["ground_truth"] in COLORS
         assert int(count_q["ground_truth"]) == sum(kind == "disc" for kind, _, _ in planted)
         # the named colour / shape identifies exactly one object of the scene
         assert sum(color == shape_q["text"].split("the ")[2].split(" object")[0] for _, color, _ in planted) == 1
-        x1, y1, x2, y2 = pos_q["hbox"]
-        w, h = pos_q["image_size"]
-        expected = f"{'top' if (y1 + y2) / 2 < h / 2 else 'bottom'} {'left' if (x1 + x2) / 2 < w / 2 else 'right'}"
-        assert pos_q["ground_truth"] == expected
+        named = presence_q["text"].split("Is there a ")[1].split(" object?")[0]
+        assert named in COLORS
+        assert presence_q["ground_truth"] == ("yes" if named in {c for _, c, _ in planted} else "no")
+        if presence_q["hbox"] is not None:  # the named target, a third one (not asked by shape or colour)
+            assert targets[tuple(presence_q["hbox"])][1] == named
+            assert presence_q["hbox"] not in (shape_q["hbox"], color_q["hbox"])
+    answers = [r["ground_truth"] for r in rows if r["category"] == "object presence"]
+    assert {"yes", "no"} <= set(answers)  # both answers occur in six scenes
 
 
 def test_deterministic_and_splits_disjoint():

@@ -26,6 +26,10 @@ MINI_STEPS, MINI_VISION_STEPS, MINI_MARGIN = 120, 300, 25.0  # the held-out mini
         {"seed": -1},
         {"curriculum": 1.5},
         {"aux_weight": float("inf")},
+        {"probe_weight": -0.5},
+        {"others_share": 1.2},
+        {"gap_share": True},
+        {"gap_max": -1},
     ],
 )
 def test_bad_train_configs_are_refused(kwargs):
@@ -59,12 +63,12 @@ def test_cell_labels_mark_every_patch_an_object_covers():
 
 def test_miniature_training_lowers_the_loss_deterministically_and_saves_a_stock_checkpoint(tmp_path):
     config = TrainConfig(
-        steps=24, batch_size=6, train_scenes=4, warmup=4, log_every=8, threads=1, lr=2e-3, vision_steps=10
+        steps=48, batch_size=6, train_scenes=4, warmup=4, log_every=16, threads=1, lr=2e-3, vision_steps=10
     )
     first = train_testbed(tmp_path / "a", config, log=None)
     losses = [c["loss"] for c in first["loss"]]
     assert len(losses) == 3 and losses[-1] < 0.6 * losses[0]
-    assert sum(first["format_counts"].values()) == 24 * 6
+    assert sum(first["format_counts"].values()) == 48 * 6
     assert json.loads((tmp_path / "a" / "train_log.json").read_text())["loss"] == first["loss"]
     second = train_testbed(tmp_path / "b", config, log=None)
     assert [c["loss"] for c in second["loss"]] == losses
