@@ -41,33 +41,37 @@ def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: li
 
 
 class LastImage:
-    """Keeps ``compute(rgb_image)`` of the last image asked about (the model asks an image's questions in a row).
+    """Keeps ``compute(image)`` of the last image asked about (the model asks an image's questions in a row).
 
-    The pixels come from :meth:`LargeImage.to_pil <lrs_plugin.imagery.LargeImage.to_pil>`: the same decoders, limits
-    and 8-bit rule as C2F's windows, so every method sees the same pixels. Results are keyed by
-    :attr:`LargeImage.key <lrs_plugin.imagery.LargeImage.key>` (a file's path, size and mtime; a unique id for an
-    in-memory image).
+    ``compute`` receives the :class:`~lrs_plugin.imagery.LargeImage` itself: the same decoders, limits and 8-bit rule
+    as C2F's windows, so every method sees the same pixels, and a method that runs the stock processor on it
+    (:meth:`Backbone.image_crops <lrs_plugin.backbone.adapter.Backbone.image_crops>`,
+    :meth:`~lrs_plugin.backbone.adapter.Backbone.plain_vision_embeds`) resizes a large image strip by strip instead
+    of decoding it into one array. Results are keyed by :attr:`LargeImage.key <lrs_plugin.imagery.LargeImage.key>`
+    (a file's path, size and mtime; a unique id for an in-memory image).
 
     Args:
-        compute: Maps the decoded RGB PIL image to what a reducer needs per image (e.g. its vision tokens).
+        compute: Maps the image to what a reducer needs per image (e.g. its vision tokens).
     """
 
-    def __init__(self, compute: Callable[[Image.Image], Any]) -> None:
+    def __init__(self, compute: Callable[[LargeImage], Any]) -> None:
         self.compute = compute
         self._last: tuple[Any, Any] | None = None
 
     def get(self, image: LargeImage, clock: StageClock | None = None) -> Any:
-        """``compute`` of ``image``, decoded and computed once per image.
+        """``compute`` of ``image``, computed once per image.
 
-        ``clock`` charges the pixels to ``image_read`` and ``compute`` to ``vision_encode`` (nothing on a cached image).
+        ``clock`` charges the decoding (:meth:`LargeImage.load <lrs_plugin.imagery.LargeImage.load>`: the whole file
+        into RAM, or a streaming pass into a scratch file for the largest PNGs) to ``image_read`` and ``compute`` (the
+        processor's resizing included) to ``vision_encode``; nothing on a cached image.
         """
         clock = clock or StageClock()
         if self._last is None or self._last[0] != image.key:
             self._last = None  # release the previous image's result before decoding the next one
             with clock.stage("image_read"):
-                pixels = image.to_pil()
+                image.load()
             with clock.stage("vision_encode"):
-                self._last = (image.key, self.compute(pixels))
+                self._last = (image.key, self.compute(image))
         return self._last[1]
 
     def clear(self) -> None:
@@ -80,8 +84,9 @@ class PlainVision:
 
     Args:
         backbone: The loaded backbone.
-        prepare: Applied to the decoded RGB image before the stock processor (e.g. a downsampling); ``None`` keeps
-            the image as it is.
+        prepare: Maps the :class:`~lrs_plugin.imagery.LargeImage` to what the stock processor gets instead (a PIL
+            image, e.g. a downsampling, or the image itself); ``None`` keeps the image. The backbone resizes a large
+            ``LargeImage`` strip by strip.
         grid_pinpoints: LLaVA-NeXT anyres resolutions ``[[h, w], ...]`` used instead of the checkpoint's (see
             :meth:`Backbone.plain_vision_embeds`); ``None`` runs the stock preprocessing.
     """
@@ -89,7 +94,7 @@ class PlainVision:
     def __init__(
         self,
         backbone: Backbone,
-        prepare: Callable[[Image.Image], Image.Image] | None = None,
+        prepare: Callable[[LargeImage], LargeImage | Image.Image] | None = None,
         grid_pinpoints: list[list[int]] | None = None,
     ) -> None:
         self.backbone = backbone
@@ -97,7 +102,7 @@ class PlainVision:
         self.grid_pinpoints = None if grid_pinpoints is None else [[int(h), int(w)] for h, w in grid_pinpoints]
         self._cache = LastImage(self._encode)
 
-    def _encode(self, image: Image.Image) -> tuple[torch.Tensor, int]:
+    def _encode(self, image: LargeImage) -> tuple[torch.Tensor, int]:
         if self.prepare is not None:
             image = self.prepare(image)
         if self.grid_pinpoints is None:
