@@ -12,20 +12,29 @@ encoded at its first question), so for them the difference is the LLM prefill of
 question). Times are medians over the repeats; ``first`` is an image's first question (decode + encode + prefill),
 ``later`` the others; ``s/q`` is the mean over all questions.
 
-    python bench/reuse.py [--images 3] [--questions 6] [--repeats 3] [--reducers anyres,c2f] [--json]
+Peak memory (``peak_rss_mb``): one child process (its own ``ru_maxrss``) builds the same backbone and answers one
+question with ``anyres`` at ``max_tiles=144`` on a 27,328 x 13,000 PNG (LRS-VQA's largest image's size; synthetic
+pixels written by ``bench/imagery.py``'s generator, about 2 minutes on 2 cores, kept in ``--workdir`` when given).
+``--skip-rss`` leaves it out; ``--rss-only`` runs only it.
+
+    python bench/reuse.py [--images 3] [--questions 6] [--repeats 3] [--reducers anyres,c2f] [--workdir DIR] [--json]
 
 ``--json`` prints one line: ``{"anyres": {"cold_s_per_q", "reuse_s_per_q", "speedup"}, ..., "c2f": {...,
-"cold_tiles_per_q", "reuse_tiles_per_q"}, "answers_identical": bool, "peak_rss_mb": float}`` (one entry per reducer;
-``answers_identical``: every answer, token for token, is the same with and without reuse). Absolute times mean little
-on tiny widths; the ratios are the point.
+"cold_tiles_per_q", "reuse_tiles_per_q"}, "peak_rss_mb": {"anyres_p144_27k": float, "bench": float},
+"answers_identical": bool}`` (one entry per reducer; ``answers_identical``: every answer, token for token, is the same
+with and without reuse; ``bench``: this process's own peak). Absolute times mean little on tiny widths; the ratios are
+the point.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -110,6 +119,62 @@ def _ask(bb: Backbone, name: str, data: list[tuple[str, list[str]]], *, reuse: b
     return rows
 
 
+RSS_SIZE = (27_328, 13_000)  # (W, H) of LRS-VQA's largest image
+
+
+def _big_png(workdir: Path) -> Path:
+    """The 27,328 x 13,000 synthetic PNG (written once into ``workdir``)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import imagery  # bench/imagery.py: the streamed synthetic-scene writer
+
+    width, height = RSS_SIZE
+    path = workdir / f"synthetic_{width}x{height}.png"
+    if not path.exists():
+        t = time.perf_counter()
+        low = imagery._lowres(-(-height // 4), -(-width // 4), 0)
+        tmp = path.with_suffix(".partial")
+        imagery._write_png(tmp, imagery._strips(low, height, width, 0), width, height)
+        tmp.rename(path)
+        print(f"wrote {path.name} ({path.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t:.0f} s", flush=True)
+    return path
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS in MB: Linux's ``VmHWM`` (``ru_maxrss`` keeps the parent's peak across ``exec``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+def rss_child(ckpt: str, image: str) -> dict[str, Any]:
+    """In a fresh process: ``anyres`` p144 answers one question on ``image``; its peak RSS and what it encoded."""
+    bb = Backbone.from_pretrained(ckpt, dtype="float32", attn_implementation="sdpa")
+    base_mb = _peak_mb()
+    reducer = build_reducer("anyres", bb, {"max_tiles": 144})
+    t0 = time.perf_counter()
+    out = reducer.answer(image, "What is in the image?", doc={}, max_new_tokens=4)
+    return {
+        "peak_rss_mb": round(_peak_mb(), 1),
+        "after_load_mb": round(base_mb, 1),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "tiles": out.record.tiles_encoded,
+        "llm_input_len": out.record.llm_input_len,
+    }
+
+
+def _peak_rss(ckpt: Path, workdir: Path) -> dict[str, Any]:
+    image = _big_png(workdir)
+    cmd = [sys.executable, __file__, "--rss-child", str(ckpt), str(image)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONHASHSEED": "0"})
+    if done.returncode != 0:
+        raise RuntimeError(f"the peak-RSS child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the table (or, with ``--json``, one line)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -118,18 +183,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=int, default=6)
     ap.add_argument("--reducers", default="", help="comma-separated subset (default: every reducer that reuses)")
+    ap.add_argument("--workdir", type=Path, help="keep the 27k PNG here between runs (default: a temporary folder)")
+    ap.add_argument("--skip-rss", action="store_true", help="leave out the 27k peak-RSS child")
+    ap.add_argument("--rss-only", action="store_true", help="run only the 27k peak-RSS child")
+    ap.add_argument("--rss-child", nargs=2, metavar=("CKPT", "IMAGE"), help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.rss_child:
+        print(json.dumps(rss_child(*args.rss_child)))
+        return 0
     results: dict[str, Any] = {}
     identical = True
+    rss: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = _data(root / "lrs", args.images, args.questions, args.scale)
         ckpt = build_tiny_llava(
             root / "ckpt", arch="llava_next", lm="qwen2", image_size=TILE, patch_size=PATCH, widths=WIDTHS
         )
+        if not args.skip_rss:
+            workdir = args.workdir or root
+            workdir.mkdir(parents=True, exist_ok=True)
+            rss = _peak_rss(ckpt, workdir)
+        data = [] if args.rss_only else _data(root / "lrs", args.images, args.questions, args.scale)
         bb = Backbone.from_pretrained(ckpt, dtype="float32", attn_implementation="sdpa")
         names = [n for n in available_reducers() if reducer_spec(n).reusable and bb.arch in reducer_spec(n).archs]
+        if args.rss_only:
+            names = []
         if args.reducers:
             names = [n for n in names if n in args.reducers.split(",")]
         lines = []
@@ -178,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 + f"{cold['later_s'] / warm['later_s']:>9.2f}{cold['s_per_q'] / warm['s_per_q']:>9.2f}"
             )
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = json.dumps({**results, "answers_identical": identical, "peak_rss_mb": round(peak_mb, 1)})
+    peak_mb = _peak_mb()
+    peaks = {"anyres_p144_27k": rss.get("peak_rss_mb"), "bench": round(peak_mb, 1)}
+    summary = json.dumps({**results, "peak_rss_mb": peaks, "answers_identical": identical})
     if args.json:
         print(summary)
         return 0
@@ -194,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':<11}{'--- cold (reuse=false) ':-<51}{' reuse=true ':-<51}{'speedup':>18}")
     print(f"{'reducer':<11}{head}{head}{'later':>9}{'s/q':>9}")
     print("\n".join(lines))
-    print(f"answers identical with and without reuse: {identical}; peak RSS {peak_mb:.0f} MB")
+    print(f"answers identical with and without reuse: {identical}; this process's peak RSS {peak_mb:.0f} MB")
+    if rss:
+        print(
+            f"anyres max_tiles=144 on a {RSS_SIZE[0]:,} x {RSS_SIZE[1]:,} PNG, one process: peak RSS "
+            f"{rss['peak_rss_mb']:,.0f} MB ({rss['after_load_mb']:,.0f} MB after loading the model), {rss['tiles']} "
+            f"tiles, {rss['llm_input_len']:,} LLM positions, {rss['seconds']:.1f} s"
+        )
     print(f"--json: {summary}")
     return 0
 

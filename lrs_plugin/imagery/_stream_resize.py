@@ -6,9 +6,10 @@ uint8 kernels (antialiased bicubic, Lanczos, and bilinear where the CPU has AVX2
 separable: a width pass over every row into a uint8 buffer, then a height pass over every column, a pass being skipped
 when its side keeps its length. Each row's width pass depends on that row only, so running it on strips of rows and
 stacking the strips gives the very buffer the whole-image call builds; the height pass then runs on that buffer
-(``H x w`` bytes instead of ``H x W``). The result is bit-identical to ``tvF.resize`` of the whole tensor where the
-native uint8 kernel runs (:func:`streams_exactly`); elsewhere (a float kernel with one rounding at the end) a strip
-would round early, so callers decode the whole image instead.
+(``H x w`` bytes instead of ``H x W``) by blocks of columns, each column's pass being its own too. The result is
+bit-identical to ``tvF.resize`` of the whole tensor where the native uint8 kernel runs (:func:`streams_exactly`);
+elsewhere (a float kernel with one rounding at the end) a strip would round early, so callers decode the whole image
+instead. Pillow's resize is separable the same way (:func:`streamed_pil_resize`).
 """
 
 from __future__ import annotations
@@ -96,21 +97,25 @@ def streamed_resize(
             f"{mode.value} resizing of uint8 images is not a separable uint8 kernel on this CPU, so a strip-wise "
             "resize would not be exact; decode the whole image instead"
         )
+    opts = {"interpolation": mode, "antialias": antialias}
     width, height = image.size
     step = max(1, strip_bytes // (3 * width))
-    strips = []
+    across = torch.empty((3, height, w), dtype=torch.uint8)  # the width pass of every row: H x w bytes
     for start in range(0, height, step):
         stop = min(height, start + step)
         rows = image.rows(start, stop)  # a read-only view of an in-memory image: copied (one strip) for torch
         strip = torch.from_numpy(rows if rows.flags.writeable else rows.copy()).permute(2, 0, 1).contiguous()
-        if w != width:
-            strip = tvF.resize(strip, [stop - start, w], interpolation=mode, antialias=antialias)
-        strips.append(strip)
-    across = strips[0] if len(strips) == 1 else torch.cat(strips, dim=1)
-    del strips
+        across[:, start:stop] = strip if w == width else tvF.resize(strip, [stop - start, w], **opts)
+        del rows, strip
     if h == height:
         return across
-    return tvF.resize(across, [h, w], interpolation=mode, antialias=antialias)
+    # The height pass, by blocks of columns (each column's pass is its own): no full-size temporary beside ``across``.
+    out = torch.empty((3, h, w), dtype=torch.uint8)
+    block = max(1, strip_bytes // (3 * height))
+    for start in range(0, w, block):
+        stop = min(w, start + block)
+        out[:, :, start:stop] = tvF.resize(across[:, :, start:stop].contiguous(), [h, stop - start], **opts)
+    return out
 
 
 def streamed_pil_resize(image: LargeImage, size_wh: tuple[int, int], resample: Any = None) -> Any:

@@ -64,3 +64,16 @@ def test_refuses_what_cannot_be_exact_and_bad_sizes(make_image):
         streamed_resize(image, (0, 10))
     with pytest.raises(ConfigError, match="rows 5..5"):
         image.rows(5, 5)
+
+
+@pytest.mark.parametrize(("shape", "size"), CASES)
+def test_pil_resize_equals_pillow_on_the_whole_image(make_image, monkeypatch, shape, size):
+    from PIL import Image
+
+    from lrs_plugin.imagery import _stream_resize, streamed_pil_resize
+
+    pil = make_image(*shape, seed=shape[1])
+    monkeypatch.setattr(_stream_resize, "_STRIP_BYTES", 5 * 3 * shape[1])  # five rows a strip
+    got = streamed_pil_resize(LargeImage.from_pil(pil), size[::-1])
+    assert got.size == size[::-1] and got.mode == "RGB"
+    assert np.array_equal(np.asarray(got), np.asarray(pil.resize(size[::-1], Image.Resampling.BICUBIC)))
