@@ -148,7 +148,7 @@ class C2FLlava(lmms):
 
         Generation ends at the first of ``stop_strings``; the text is cut before it.
         """
-        from lrs_plugin.flops.accounting import sample_tflops
+        from lrs_plugin.flops.accounting import sample_tflops, sample_tflops_computed
 
         self._check_greedy(gen_kwargs)
         start = time.perf_counter()
@@ -178,6 +178,7 @@ class C2FLlava(lmms):
             step = "accounting"
             record.tflops_by_stage = sample_tflops(record, self.dims)
             record.tflops = record.tflops_by_stage["total"]
+            record.tflops_computed = sample_tflops_computed(record, self.dims, record.tflops_by_stage)
             record.reducer = self.settings.reducer
             return out.text, record
         except Exception as exc:  # noqa: BLE001 - one broken sample must not end a multi-hour run

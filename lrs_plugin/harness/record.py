@@ -244,7 +244,8 @@ class SampleRecord:
     """Tiles the vision tower encoded (LLaVA-NeXT: anyres grid + base image; C2F: thumbnail + pyramid tiles)."""
     tiles_reused: int | None = None
     """With feature reuse (``reuse=true``, C2F): tiles among ``tiles_encoded`` whose features came from an earlier
-    question on the same image (thumbnail + base level); the vision tower ran on ``tiles_encoded - tiles_reused``."""
+    question on the same image (thumbnail, base level, zoomed tiles kept); the vision tower ran on
+    ``tiles_encoded - tiles_reused``."""
     vision_tokens_encoded: int | None = None
     """``tiles_encoded`` times the tokens of one tile."""
     vision_tokens_to_llm: int | None = None
@@ -305,7 +306,11 @@ class SampleRecord:
     tflops_by_stage: dict[str, float] | None = None
     """Analytic TFLOPs by stage (:func:`lrs_plugin.flops.sample_tflops`: ``vision_tower`` ... ``total``)."""
     tflops: float | None = None
-    """Total analytic TFLOPs (``tflops_by_stage["total"]``)."""
+    """Total analytic TFLOPs (``tflops_by_stage["total"]``): every tile and prompt position the question uses, reused
+    or not (the paper's convention)."""
+    tflops_computed: float | None = None
+    """Analytic TFLOPs this run computed (:func:`lrs_plugin.flops.accounting.sample_tflops_computed`): ``tflops``
+    less the tiles and prompt prefix reused from an earlier question on the image (equal without reuse)."""
     reducer: str | None = None
     """The reducer that answered (``--model_args reducer=``)."""
     error: str | None = None

@@ -1,6 +1,6 @@
-"""C2F feature reuse: the thumbnail and base-level grid of an image are encoded once for all its questions, the
-answers stay identical (tiny LLaVA-NeXT / LLaVA-1.5 and the trained testbed checkpoint), and the record counts the
-tiles reused."""
+"""C2F feature reuse: the thumbnail and base-level grid of an image are encoded once for all its questions, zoomed
+tiles once while they stay in the bounded store, the answers stay identical (tiny LLaVA-NeXT / LLaVA-1.5 and the
+trained testbed checkpoint), and the record counts the tiles reused."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from PIL import Image
 from lrs_plugin.backbone.adapter import Backbone
 from lrs_plugin.c2f.driver import C2FConfig, run_c2f
 from lrs_plugin.c2f.features import ImageFeatures
+from lrs_plugin.errors import ConfigError
 from lrs_plugin.focus.scorers import build_focus
 from lrs_plugin.imagery.large_image import LargeImage
 from lrs_plugin.reducers.registry import build_reducer, reducer_spec
@@ -59,7 +60,45 @@ def test_reused_features_give_the_same_llm_input_and_answer(backbones, image, va
         rest = {k: v for k, v in w.record.to_dict().items() if k != "tiles_reused"}
         assert rest == c.record.to_dict()  # tiles_encoded still counts every tile used (the FLOPs convention)
     base_tiles = warm[0].record.c2f.levels[0].tiles_encoded + (0 if cfg.get("thumbnail") is False else 1)
-    assert [w.record.tiles_reused for w in warm] == [0, base_tiles, base_tiles]
+    reused = [w.record.tiles_reused for w in warm]
+    assert reused[0] == 0 and reused[1] >= base_tiles
+    assert reused[2] == warm[2].record.tiles_encoded  # the first question again: its zoomed levels are kept too
+    if cfg.get("num_zoom_steps") != 0:
+        assert reused[2] > base_tiles
+    # Without the zoomed-tile store only the thumbnail and base level are reused; the answers are the same again.
+    bare = _ask(bb, image, QUESTIONS, ImageFeatures(zoom_cache_bytes=0), **cfg)
+    assert [w.record.tiles_reused for w in bare] == [0, base_tiles, base_tiles]
+    assert [w.answer for w in bare] == [c.answer for c in cold]
+
+
+def test_the_zoomed_tile_store_is_bounded_and_per_image():
+    features = ImageFeatures(zoom_cache_bytes=3 * 2 * 4 * 4)  # three [1, 2, 4] float32 batches
+    feats = [torch.full((1, 2, 4), float(i)) for i in range(5)]
+    features.put("a", None)  # type: ignore[arg-type]
+    for i in range(3):
+        features.keep_zoomed("a", 1, [(0, i)], feats[i])
+    assert features.zoomed_tiles == 3 and torch.equal(features.zoomed("a", 1, [(0, 0)]), feats[0])
+    assert features.zoomed("a", 2, [(0, 0)]) is None  # another level
+    assert features.zoomed("a", 1, [(0, 0), (0, 1)]) is None  # tiles encoded together only
+    features.keep_zoomed("a", 1, [(0, 3)], feats[3])  # evicts the least recently used: (0, 1)
+    assert features.zoomed("a", 1, [(0, 1)]) is None and features.zoomed("a", 1, [(0, 0)]) is not None
+    assert features.zoomed("b", 1, [(0, 0)]) is None  # another image never sees them
+    features.keep_zoomed("b", 1, [(0, 4)], feats[4])  # nor stores into the kept image's
+    assert features.zoomed_tiles == 3
+    features.put("b", None)  # type: ignore[arg-type]
+    assert features.zoomed_tiles == 0
+    with pytest.raises(ConfigError, match="zoom_cache_bytes must be an int >= 0; got -1"):
+        ImageFeatures(zoom_cache_bytes=-1)
+
+
+def test_a_tile_encoded_in_another_batch_may_differ_so_only_whole_batches_are_reused(backbones):
+    """Why the store is keyed by the tiles encoded together: the tiny tower's bits depend on the batch."""
+    bb = backbones[VARIANTS[0]]
+    tiles = torch.randn(6, 3, bb.tile_size, bb.tile_size, generator=torch.Generator().manual_seed(0))
+    together = bb.encode_tiles(tiles)
+    assert torch.equal(bb.encode_tiles(tiles), together)  # the same batch: the same bits
+    alone = torch.cat([bb.encode_tiles(tiles[i : i + 1]) for i in range(6)])
+    assert torch.allclose(alone, together, atol=1e-3)  # another batch: equal up to float rounding (not always bits)
 
 
 def test_features_follow_the_image_and_are_never_changed(backbones, image, make_image_file):
