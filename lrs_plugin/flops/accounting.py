@@ -47,9 +47,12 @@ EFFICIENCY_KEYS = (
     "kv_cache_mib",
 )
 
-#: The :data:`EFFICIENCY_KEYS` read off a clock or a memory counter: they differ between two runs that give the same
-#: answers (and a resumed answer keeps those of the run that generated it). KV-cache bytes are not among them.
+#: The :data:`EFFICIENCY_KEYS` that differ between two runs giving the same answers (a resumed answer keeps those of
+#: the run that generated it): the ones read off a clock or a memory counter, and ``tflops_computed``, which depends on
+#: what the process had computed for earlier questions on the image (a run resumed in the middle of an image's
+#: questions computes its prefix again). KV-cache bytes and ``tflops`` are not among them.
 MEASURED_KEYS = (
+    "tflops_computed",
     "latency_s",
     "image_read_s",
     "vision_encode_s",
