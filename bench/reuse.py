@@ -17,13 +17,15 @@ question with ``anyres`` at ``max_tiles=144`` on a 27,328 x 13,000 PNG (LRS-VQA'
 pixels written by ``bench/imagery.py``'s generator, about 2 minutes on 2 cores, kept in ``--workdir`` when given).
 ``--skip-rss`` leaves it out; ``--rss-only`` runs only it.
 
-    python bench/reuse.py [--images 3] [--questions 6] [--repeats 3] [--reducers anyres,c2f] [--workdir DIR] [--json]
+    python bench/reuse.py [--images 3] [--questions 6] [--repeats 3] [--reducers anyres,c2f] [--dtype bfloat16]
+        [--attn eager] [--workdir DIR] [--skip-rss | --rss-only] [--json]
 
 ``--json`` prints one line: ``{"anyres": {"cold_s_per_q", "reuse_s_per_q", "speedup"}, ..., "c2f": {...,
 "cold_tiles_per_q", "reuse_tiles_per_q"}, "peak_rss_mb": {"anyres_p144_27k": float, "bench": float},
-"answers_identical": bool}`` (one entry per reducer; ``answers_identical``: every answer, token for token, is the same
-with and without reuse; ``bench``: this process's own peak). Absolute times mean little on tiny widths; the ratios are
-the point.
+"answers_identical": bool, "agreement": float}`` (one entry per reducer; ``answers_identical``: every answer, token for
+token, is the same with and without reuse; ``agreement``: the share of questions whose answer with reuse equals the
+one without, the figure to read with ``--dtype bfloat16`` where bits may differ (float32 by default); ``bench``: this
+process's own peak). Absolute times mean little on tiny widths; the ratios are the point.
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=int, default=6)
     ap.add_argument("--reducers", default="", help="comma-separated subset (default: every reducer that reuses)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--workdir", type=Path, help="keep the 27k PNG here between runs (default: a temporary folder)")
     ap.add_argument("--skip-rss", action="store_true", help="leave out the 27k peak-RSS child")
     ap.add_argument("--rss-only", action="store_true", help="run only the 27k peak-RSS child")
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, Any] = {}
     identical = True
+    same, asked = 0, 0
     rss: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir(parents=True, exist_ok=True)
             rss = _peak_rss(ckpt, workdir)
         data = [] if args.rss_only else _data(root / "lrs", args.images, args.questions, args.scale)
-        bb = Backbone.from_pretrained(ckpt, dtype="float32", attn_implementation="sdpa")
+        bb = Backbone.from_pretrained(ckpt, dtype=args.dtype, attn_implementation=args.attn)
         names = [n for n in available_reducers() if reducer_spec(n).reusable and bb.arch in reducer_spec(n).archs]
         if args.rss_only:
             names = []
@@ -219,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[reuse].append(_ask(bb, name, data, reuse=reuse))
             answers = {reuse: [(q["text"], q["ids"]) for q in runs[reuse][0]] for reuse in runs}
             identical &= all([(q["text"], q["ids"]) for q in run] == answers[False] for r in runs.values() for run in r)
+            same += sum(a == b for a, b in zip(answers[True], answers[False], strict=True))
+            asked += len(answers[False])
             row: dict[str, Any] = {}
             for reuse, label in ((False, "cold"), (True, "reuse")):
                 per_q = [statistics.median(run[i]["s"] for run in runs[reuse]) for i in range(len(runs[reuse][0]))]
@@ -259,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     peak_mb = _peak_mb()
     peaks = {"anyres_p144_27k": rss.get("peak_rss_mb"), "bench": round(peak_mb, 1)}
-    summary = json.dumps({**results, "peak_rss_mb": peaks, "answers_identical": identical})
+    agreement = round(same / asked, 4) if asked else None
+    summary = json.dumps({**results, "peak_rss_mb": peaks, "answers_identical": identical, "agreement": agreement})
     if args.json:
         print(summary)
         return 0
@@ -274,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':<11}{'--- cold (reuse=false) ':-<51}{' reuse=true ':-<51}{'speedup':>18}")
     print(f"{'reducer':<11}{head}{head}{'later':>9}{'s/q':>9}")
     print("\n".join(lines))
-    print(f"answers identical with and without reuse: {identical}; this process's peak RSS {peak_mb:.0f} MB")
+    print(
+        f"answers identical with and without reuse ({args.dtype}, {args.attn}): {identical} (agreement {agreement}); "
+        f"this process's peak RSS {peak_mb:.0f} MB"
+    )
     if rss:
         print(
             f"anyres max_tiles=144 on a {RSS_SIZE[0]:,} x {RSS_SIZE[1]:,} PNG, one process: peak RSS "
