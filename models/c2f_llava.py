@@ -5,7 +5,10 @@ loaded with transformers' ``from_pretrained`` (:class:`lrs_plugin.backbone.Backb
 selected reducer (:mod:`lrs_plugin.reducers.base`). The image is whatever the task's ``doc_to_visual`` returns (a lazy
 or eager PIL image, a path, an array, or a list of one), read through one :class:`lrs_plugin.imagery.LargeImage` for
 every reducer, so any lmms-eval image task works; a request without an image is answered text-only. Questions on the
-same image file are answered in a row so each file is decoded once. Generation stops at the task's ``until`` stop
+same image file are answered in a row (requests are sorted by ``image_path``, answers returned in the request order,
+as lmms-eval's own models reorder with a Collator) so each file is decoded once, and, with ``reuse=true`` (default),
+a question-independent reducer computes the KV cache of the prompt up to the last image token once per image
+(:mod:`lrs_plugin.backbone.prefix_cache`). Generation stops at the task's ``until`` stop
 strings (:mod:`lrs_plugin.backbone.stops`). Each answer's :class:`~lrs_plugin.harness.record.SampleRecord` (vision
 tokens encoded / sent to the LLM, TFLOPs by stage, latency, failures) goes to this plugin's tasks through
 :data:`lrs_plugin.harness.record.STORE`, and its means to lmms-eval's ``results["throughput"]`` for every task
@@ -97,7 +100,7 @@ class C2FLlava(lmms):
             tile_batch_size=s.tile_batch_size,
             vision_dtype=s.vision_dtype,
         )
-        self.reducer = build_reducer(s.reducer, self.backbone, s.reducer_options)
+        self.reducer = build_reducer(s.reducer, self.backbone, s.reducer_options, reuse=s.reuse)
         self.images = ImageCache(max_open=s.image_cache)
         self.dims = ModelDims.from_config(self.backbone.config)
         self._warned_sampling = False
@@ -145,7 +148,7 @@ class C2FLlava(lmms):
 
         Generation ends at the first of ``stop_strings``; the text is cut before it.
         """
-        from lrs_plugin.flops.accounting import sample_tflops
+        from lrs_plugin.flops.accounting import sample_tflops, sample_tflops_computed
 
         self._check_greedy(gen_kwargs)
         start = time.perf_counter()
@@ -175,6 +178,7 @@ class C2FLlava(lmms):
             step = "accounting"
             record.tflops_by_stage = sample_tflops(record, self.dims)
             record.tflops = record.tflops_by_stage["total"]
+            record.tflops_computed = sample_tflops_computed(record, self.dims, record.tflops_by_stage)
             record.reducer = self.settings.reducer
             return out.text, record
         except Exception as exc:  # noqa: BLE001 - one broken sample must not end a multi-hour run

@@ -24,7 +24,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-if ! .venv/bin/python -c "import lrs_plugin, lmms_eval, torch, torchvision, pytest, pyvips" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import lrs_plugin, lmms_eval, torch, torchvision, pytest, pyvips, imagecodecs" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.lrs_plugin_installed ]; then
   echo "setup: installing lrs-plugin and its dependencies into .venv" >&2
   .venv/bin/python -m pip install -q -c requirements/constraints.txt torch torchvision

@@ -1,7 +1,8 @@
 """The adapter over transformers' own LLaVA / LLaVA-NeXT classes, and everything about their inputs.
 
 Loading and the config's dimensions (:mod:`.adapter`), its vision half: tiles to projected tokens (:mod:`.encode`),
-its language half: prompt, ``inputs_embeds`` and greedy generation (:mod:`.language`), the task's stop strings
+its language half: prompt, ``inputs_embeds`` and greedy generation (:mod:`.language`), the KV cache of a prompt prefix
+shared by the questions on one image (:mod:`.prefix_cache`), the task's stop strings
 applied once during generation (:mod:`.stops`), anyres geometry (:mod:`.anyres`), prompt tokenization and chat
 templates (:mod:`.prompt`, :mod:`.chat_templates`), the vision-tower probe (:mod:`.vision_probe`), token cells
 (:mod:`.token_cells`), tiny test checkpoints (:mod:`.tiny`) and the original-layout converter (:mod:`.convert`).
@@ -19,6 +20,7 @@ _EXPORTS = {
     "VISION_DTYPES": "adapter",
     "Backbone": "adapter",
     "GenerationOutput": "language",
+    "PrefixCache": "prefix_cache",
     "cut_at_stop": "stops",
     "stop_criterion": "stops",
     "stop_strings_of": "stops",

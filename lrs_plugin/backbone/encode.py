@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lrs_plugin.backbone.language import IMAGE_TOKEN
+from lrs_plugin.backbone._stock_pixels import processor_pixels
 from lrs_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from PIL import Image
+
+    from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["VisionMixin"]
 
@@ -122,12 +124,15 @@ class VisionMixin:
         return pool_tiles(features, "average")
 
     def image_crops(
-        self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None
+        self, image: Image.Image | LargeImage, grid_pinpoints: list[list[int]] | None = None
     ) -> tuple[torch.Tensor, tuple[int, int] | None]:
         """The processor's own tiles of ``image``, before the vision tower.
 
+        A :class:`~lrs_plugin.imagery.LargeImage` is never decoded whole where the processor's resizes can be done
+        strip-wise with the same result (:func:`lrs_plugin.backbone._stock_pixels.processor_pixels`).
+
         Args:
-            image: An RGB PIL image.
+            image: An RGB PIL image or a ``LargeImage``.
             grid_pinpoints: LLaVA-NeXT only: anyres resolutions ``[[h, w], ...]`` to use instead of the checkpoint's
                 (passed to this call of the image processor; nothing shared is changed). ``None`` keeps the
                 checkpoint's.
@@ -151,15 +156,18 @@ class VisionMixin:
             # processor config that disagrees with the model config cannot desynchronise the tile count.
             pinpoints = grid_pinpoints if grid_pinpoints is not None else self.config.image_grid_pinpoints
             kwargs["image_grid_pinpoints"] = [[int(h), int(w)] for h, w in pinpoints]
-        out = self.processor.image_processor(images=[image], return_tensors="pt", **kwargs)
+        out = processor_pixels(self.processor.image_processor, image, **kwargs)
         s = self.tile_size
         pixel_values = out["pixel_values"].reshape(-1, 3, s, s)
         if pinpoints is None:
             return pixel_values, None
-        rows, cols = grid_shape((image.height, image.width), pinpoints, s)
+        width, height = image.size
+        rows, cols = grid_shape((height, width), pinpoints, s)
         return pixel_values[: 1 + rows * cols], (rows, cols)
 
-    def plain_vision_embeds(self, image: Image.Image, grid_pinpoints: list[list[int]] | None = None) -> torch.Tensor:
+    def plain_vision_embeds(
+        self, image: Image.Image | LargeImage, grid_pinpoints: list[list[int]] | None = None
+    ) -> torch.Tensor:
         """Return the vision tokens the stock model inserts for ``image`` (processor + ``get_image_features``).
 
         For LLaVA-NeXT this includes the anyres tiles, unpadding and ``image_newline`` tokens, all done by
@@ -171,7 +179,8 @@ class VisionMixin:
         LLaVA-NeXT, :func:`lrs_plugin.backbone.anyres.pack_anyres` with the checkpoint's pinpoints.
 
         Args:
-            image: An RGB PIL image.
+            image: An RGB PIL image or a :class:`~lrs_plugin.imagery.LargeImage` (resized strip-wise where exact, as
+                in :meth:`image_crops`).
             grid_pinpoints: LLaVA-NeXT only: anyres resolutions ``[[h, w], ...]`` to use instead of the checkpoint's
                 (e.g. from :func:`lrs_plugin.backbone.anyres.anyres_pinpoints`). The tiles then come from
                 :meth:`image_crops` and :meth:`encode_tiles` and are laid out by
@@ -198,11 +207,10 @@ class VisionMixin:
             from lrs_plugin.backbone.anyres import pack_anyres
 
             with torch.no_grad():  # image_newline is a parameter: no autograd graph
-                packed = pack_anyres(
-                    tiles[0], tiles[1:], grid, (image.height, image.width), self.image_newline, tile_pool=pool
-                )
+                width, height = image.size
+                packed = pack_anyres(tiles[0], tiles[1:], grid, (height, width), self.image_newline, tile_pool=pool)
             return packed.to(self.device, embed_dtype)
-        inputs = self.processor(images=[image], text=[IMAGE_TOKEN], return_tensors="pt")
+        inputs = processor_pixels(self.processor.image_processor, image)
         kwargs = {"pixel_values": inputs["pixel_values"].to(self.device, self.vision_dtype)}
         if "image_sizes" in inputs:
             kwargs["image_sizes"] = inputs["image_sizes"].to(self.device)

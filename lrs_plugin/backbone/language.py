@@ -197,6 +197,7 @@ class LanguageMixin:
         max_new_tokens: int,
         eos_token_ids: list[int] | None = None,
         stop_strings: Sequence[str] | None = None,
+        cache: Any = None,
         clock: StageClock | None = None,
     ) -> GenerationOutput:
         """Greedy decoding from ``inputs_embeds`` with transformers' ``generate`` and its KV cache.
@@ -208,6 +209,10 @@ class LanguageMixin:
                 generation config's EOS ids.
             stop_strings: Strings that end generation (the task's ``until``): ``generate`` stops after the token with
                 which the answer first contains one, and the text is cut before it (:mod:`lrs_plugin.backbone.stops`).
+            cache: A :class:`~transformers.DynamicCache` already holding the keys / values of the first ``P < L``
+                positions of ``inputs_embeds`` (:class:`~lrs_plugin.backbone.prefix_cache.PrefixCache`): only
+                positions ``P ..`` are computed, at RoPE positions ``P ..`` under an all-ones mask of length ``L``, and
+                the cache is extended in place. ``None``: a fresh cache, the whole prompt computed.
             clock: Times the prefill (up to the first token) and the decoding, and measures the KV cache at the end of
                 the prefill (:func:`lrs_plugin.harness.costs.measured_generation`); the tokens are the same.
 
@@ -215,7 +220,8 @@ class LanguageMixin:
             The decoded answer and the generated ids.
 
         Raises:
-            ConfigError: ``max_new_tokens < 1`` or a batch size other than 1.
+            ConfigError: ``max_new_tokens < 1``, a batch size other than 1, or a ``cache`` not shorter than the
+                prompt.
 
         """
         import torch
@@ -229,11 +235,17 @@ class LanguageMixin:
             raise ConfigError(f"inputs_embeds must be [1, L, C]; got {list(inputs_embeds.shape)}")
         eos = list(eos_token_ids) if eos_token_ids else self._default_eos_ids()
         kwargs: dict[str, Any] = {}
+        if cache is not None:
+            if not 0 < cache.get_seq_length() < inputs_embeds.shape[1]:
+                raise ConfigError(
+                    f"cache holds {cache.get_seq_length()} positions; it must hold a prefix of the "
+                    f"{inputs_embeds.shape[1]}-position prompt (at least one position left to compute)"
+                )
         criteria = stopping_criteria(self.tokenizer, stop_strings)
         if criteria is not None:
             kwargs["stopping_criteria"] = criteria
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        with torch.no_grad(), measured_generation(clock, self.model) as timing:
+        with torch.no_grad(), measured_generation(clock, self.model, cache) as timing:
             out = self.model.generate(
                 inputs_embeds=inputs_embeds,
                 attention_mask=mask,

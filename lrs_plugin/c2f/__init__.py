@@ -1,7 +1,8 @@
 """Coarse-to-fine text-guided token pruning (C2F).
 
 DIP geometry (pure, :mod:`.pyramid`), tile rendering (:mod:`.render`), grid steps (pure, :mod:`.grid`), the driver
-(:mod:`.driver`) and the focus picture (:mod:`.visualize`).
+(:mod:`.driver`), the per-image features its questions share (:mod:`.features`) and the focus picture
+(:mod:`.visualize`).
 """
 
 from lrs_plugin._lazy import lazy_exports
@@ -14,6 +15,8 @@ _EXPORTS = {
     "c2f_sequence_keep_all": "driver",
     "run_c2f": "driver",
     "select_topk": "driver",
+    "BaseFeatures": "features",
+    "ImageFeatures": "features",
     "LevelGeometry": "pyramid",
     "Pyramid": "pyramid",
     "build_pyramid": "pyramid",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.c2f.features import ImageFeatures
     from lrs_plugin.focus.scorers import FocusScorer
     from lrs_plugin.imagery.large_image import LargeImage
 
@@ -145,7 +146,13 @@ class _Session:
     """What one image + question shares across the passes: pyramid, prompt pieces, thumbnail, encoder plumbing."""
 
     def __init__(
-        self, backbone: Backbone, image: LargeImage, question: str, config: C2FConfig, clock: StageClock | None = None
+        self,
+        backbone: Backbone,
+        image: LargeImage,
+        question: str,
+        config: C2FConfig,
+        clock: StageClock | None = None,
+        features: ImageFeatures | None = None,
     ) -> None:
         import torch
 
@@ -159,9 +166,17 @@ class _Session:
         prefix_ids, suffix_ids = backbone.split_prompt(question)
         self.prefix, self.suffix = backbone.embed_ids(prefix_ids), backbone.embed_ids(suffix_ids)
         head = [self.prefix]
-        self.tiles_encoded = 0
+        self.tiles_encoded = self.tiles_reused = 0
+        self.features = features
+        self.kept = None if features is None else features.get(image.key)
+        self.kept_key = None if self.kept is None else image.key  # the zoomed-tile store is this image's
+        self.thumbnail: torch.Tensor | None = None
         if config.thumbnail:
-            head.append(self._encode(self._render_thumbnail(), pool=False)[0])
+            if self.kept is None:
+                self.thumbnail = self._encode(self._render_thumbnail(), pool=False)[0]
+            else:
+                self.thumbnail = self.kept.thumbnail
+            head.append(self.thumbnail)
         self.thumbnail_tokens = head[-1].shape[0] if config.thumbnail else 0
         if config.separator is not None:
             head.append(backbone.embed_ids(torch.tensor([_separator_id(backbone, config.separator)])))
@@ -202,23 +217,45 @@ class _Session:
         from lrs_plugin.c2f.render import render_tiles
 
         bb, level = self.backbone, self.pyramid.levels[level_index]
-        with self.clock.stage("image_read"):
-            pixels = render_tiles(
-                self.image,
-                level,
-                tiles,
-                tile=bb.tile_size,
-                mean=bb.image_mean,
-                std=bb.image_std,
-                resample=self.config.resample,
-            )
-        feats = self._encode(torch.from_numpy(pixels), pool=True)
+        store = self.features if zoomed and self.features is not None and self.kept_key is not None else None
+        feats = None if store is None else store.zoomed(self.kept_key, level_index, tiles)
+        if feats is not None:  # these tiles of this level were encoded together for an earlier question
+            self.tiles_encoded += len(tiles)
+            self.tiles_reused += len(tiles)
+        else:
+            with self.clock.stage("image_read"):
+                pixels = render_tiles(
+                    self.image,
+                    level,
+                    tiles,
+                    tile=bb.tile_size,
+                    mean=bb.image_mean,
+                    std=bb.image_std,
+                    resample=self.config.resample,
+                )
+            feats = self._encode(torch.from_numpy(pixels), pool=True)
+            if store is not None:
+                store.keep_zoomed(self.kept_key, level_index, tiles, feats)
         (h, w), (rh, rw) = level.image_hw, level.resize_hw
         content_wh = (rw, rh) if zoomed else (w, h)  # method.md §9.5: base grid uses the source size
         embeds, mask, shape = build_level_grid(
             feats, tiles, level.grid_hw, content_wh, self.newline, floor=self.config.unpad_floor_quirk
         )
         return _Grid(level_index, embeds, mask, shape, grid_newline_indices(shape, self.newline is not None), tiles)
+
+    def base_grid(self) -> _Grid:
+        """The base level's grid (every tile): the image's kept features when it has some, else encoded and kept."""
+        from lrs_plugin.c2f.features import BaseFeatures
+
+        if self.kept is not None:
+            self.tiles_encoded += self.kept.tiles
+            self.tiles_reused += self.kept.tiles
+            return self.kept.base_grid
+        grid = self.grid(0, _all_tiles(self, 0), zoomed=False)
+        if self.features is not None:
+            self.features.put(self.image.key, BaseFeatures(self.thumbnail, grid, self.tiles_encoded))
+            self.kept_key = self.image.key
+        return grid
 
     def sequence(self, grid_tokens: torch.Tensor) -> tuple[torch.Tensor, slice]:
         """``[1, L, C]`` = prefix | thumbnail | separator | grid tokens | suffix, and the grid's span."""
@@ -307,6 +344,7 @@ def run_c2f(
     stop_strings: Sequence[str] | None = None,
     return_inputs_embeds: bool = False,
     clock: StageClock | None = None,
+    features: ImageFeatures | None = None,
 ) -> C2FResult:
     """Answer ``question`` about ``image`` with coarse-to-fine pruning (method.md §11).
 
@@ -322,6 +360,8 @@ def run_c2f(
         return_inputs_embeds: Keep the final ``[1, L, C]`` LLM input in the result.
         clock: Times rendering (``image_read``), encoding (``vision_encode``), the focus passes, votes and top-k
             (``focus``), prefill and decoding.
+        features: The image's question-independent features kept across questions (thumbnail, base grid;
+            :mod:`lrs_plugin.c2f.features`): used when they are this image's, else computed and kept there.
 
     Returns:
         The answer, the LLM input length and its record (per-level and total figures).
@@ -333,7 +373,7 @@ def run_c2f(
     """
     cfg = config or C2FConfig()
     clock = clock or StageClock()
-    session = _Session(backbone, image, question, cfg, clock)
+    session = _Session(backbone, image, question, cfg, clock, features)
     with clock.stage("focus"):  # the levels' rendering and encoding inside are charged to their own stages
         seq, record = _zoom_and_prune(session, focus, doc)
     out = backbone.generate(seq, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock)
@@ -353,7 +393,7 @@ def _zoom_and_prune(
         path = path[:1]  # one tile (an image under one tile side): nothing to zoom into, as in the released slice mode
     passes: list[FocusPass] = []
     levels: list[C2FLevel] = []
-    grid = session.grid(0, _all_tiles(session, 0), zoomed=False)
+    grid = session.base_grid()
     for next_index in path[1:]:
         scores = _score(session, focus, grid, _context(session, grid, doc), passes)
         k = int(cfg.select_ratio * int(grid.mask.sum()))
@@ -392,6 +432,7 @@ def _zoom_and_prune(
     seq, _ = session.sequence(kept)
     record = SampleRecord(
         tiles_encoded=session.tiles_encoded,
+        tiles_reused=None if session.features is None else session.tiles_reused,
         vision_tokens_encoded=session.tiles_encoded * backbone.tokens_per_tile,
         vision_tokens_to_llm=session.thumbnail_tokens + int(keep.numel()),
         llm_input_len=int(seq.shape[1]),

@@ -21,6 +21,7 @@ __all__ = [
     "ModelDims",
     "efficiency_figures",
     "sample_tflops",
+    "sample_tflops_computed",
 ]
 
 #: Per-sample efficiency figures every model of this plugin records (:func:`efficiency_figures`); this plugin's tasks
@@ -30,6 +31,7 @@ EFFICIENCY_KEYS = (
     "vision_tokens_encoded",
     "vision_tokens_to_llm",
     "tflops",
+    "tflops_computed",  # what this run computed: work reused from an earlier question on the image left out
     "latency_s",
     "focus_tile_recall",  # lrs_plugin.focus.recall: docs with a target box, reducers that report it
     "focus_token_recall",
@@ -45,9 +47,12 @@ EFFICIENCY_KEYS = (
     "kv_cache_mib",
 )
 
-#: The :data:`EFFICIENCY_KEYS` read off a clock or a memory counter: they differ between two runs that give the same
-#: answers (and a resumed answer keeps those of the run that generated it). KV-cache bytes are not among them.
+#: The :data:`EFFICIENCY_KEYS` that differ between two runs giving the same answers (a resumed answer keeps those of
+#: the run that generated it): the ones read off a clock or a memory counter, and ``tflops_computed``, which depends on
+#: what the process had computed for earlier questions on the image (a run resumed in the middle of an image's
+#: questions computes its prefix again). KV-cache bytes and ``tflops`` are not among them.
 MEASURED_KEYS = (
+    "tflops_computed",
     "latency_s",
     "image_read_s",
     "vision_encode_s",
@@ -72,6 +77,7 @@ def efficiency_figures(record: SampleRecord) -> dict[str, float | None]:
         "vision_tokens_encoded": record.vision_tokens_encoded,
         "vision_tokens_to_llm": record.vision_tokens_to_llm,
         "tflops": record.tflops,
+        "tflops_computed": record.tflops_computed,
         "latency_s": record.latency_s,
         "focus_tile_recall": None if recall is None else recall.tile,
         "focus_token_recall": None if recall is None else recall.token,
@@ -155,6 +161,33 @@ def sample_tflops(record: SampleRecord, dims: ModelDims) -> dict[str, float]:
     out = {k: v / 1e12 for k, v in terms.items()}
     out["total"] = sum(out.values())
     return out
+
+
+def sample_tflops_computed(record: SampleRecord, dims: ModelDims, by_stage: Mapping[str, float]) -> float:
+    """TFLOPs this run computed for the question: :func:`sample_tflops` less the work reused across questions.
+
+    ``tflops`` counts every tile and prompt position a question uses (the paper's convention, comparable across runs
+    and with the paper); with ``reuse=true`` some were computed for an earlier question on the same image. Left out
+    here: the vision tower and projector on ``tiles_reused`` of ``tiles_encoded`` tiles, and the prefill of the
+    ``prefix_tokens_reused`` first positions (the later positions still attend to them: their cost stays).
+
+    Args:
+        record: The record :func:`sample_tflops` priced.
+        dims: The backbone's dimensions.
+        by_stage: :func:`sample_tflops` of ``record``.
+
+    Returns:
+        TFLOPs; ``by_stage["total"]`` when nothing was reused.
+    """
+    tiles, reused_tiles = int(record.tiles_encoded or 0), int(record.tiles_reused or 0)
+    reused = 0.0
+    if tiles and reused_tiles:
+        reused += (by_stage["vision_tower"] + by_stage["projector"]) * reused_tiles / tiles
+    prefix = int(record.prefix_tokens_reused or 0)
+    if prefix:
+        tokens = flops.uniform_tokens_per_layer(prefix, dims.lm.num_layers)
+        reused += flops.llm_prefill_flops(tokens, dims.lm, lm_head_tokens=0) / 1e12
+    return by_stage["total"] - reused
 
 
 def _needed(record: SampleRecord, name: str) -> int:

@@ -201,22 +201,25 @@ def _first_token_streamer(clock: StageClock, cache: Any) -> Any:
 
 
 @contextlib.contextmanager
-def measured_generation(clock: StageClock | None, model: Any) -> Iterator[dict[str, Any]]:
-    """Extra ``model.generate`` keyword arguments that time a generation on ``clock`` (``{}`` when ``None``).
+def measured_generation(clock: StageClock | None, model: Any, cache: Any = None) -> Iterator[dict[str, Any]]:
+    """Extra ``model.generate`` keyword arguments that time a generation on ``clock`` and pass it ``cache``.
 
-    A first-token streamer splits prefill from decoding, and an explicit empty ``DynamicCache`` (what ``generate``
-    builds itself otherwise) lets the streamer measure the cache at the end of the prefill. Greedy decoding is
-    unchanged: the streamer only reads the tokens.
+    A first-token streamer splits prefill from decoding, and an explicit ``DynamicCache`` (``cache``, a kept prefix
+    of the prompt, or an empty one: what ``generate`` builds itself otherwise) lets the streamer measure the cache at
+    the end of the prefill. Greedy decoding is unchanged: the streamer only reads the tokens. Without a clock the
+    arguments are just the cache (``{}`` when there is none).
     """
-    if clock is None:
-        yield {}
-        return
-    from transformers import DynamicCache
     from transformers.generation import utils
 
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     # transformers 5.x renamed generate's ``past_key_values`` to ``cache`` (the old name warns until 6.0)
     name = "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+    if clock is None:
+        yield {} if cache is None else {name: cache}
+        return
+    if cache is None:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     with clock.generation():
         yield {"streamer": _first_token_streamer(clock, cache), name: cache}
 

@@ -242,6 +242,10 @@ class SampleRecord:
 
     tiles_encoded: int | None = None
     """Tiles the vision tower encoded (LLaVA-NeXT: anyres grid + base image; C2F: thumbnail + pyramid tiles)."""
+    tiles_reused: int | None = None
+    """With feature reuse (``reuse=true``, C2F): tiles among ``tiles_encoded`` whose features came from an earlier
+    question on the same image (thumbnail, base level, zoomed tiles kept); the vision tower ran on
+    ``tiles_encoded - tiles_reused``."""
     vision_tokens_encoded: int | None = None
     """``tiles_encoded`` times the tokens of one tile."""
     vision_tokens_to_llm: int | None = None
@@ -266,6 +270,12 @@ class SampleRecord:
     """Whether the method's token budget was reached (``random``; FastV / PDrop with a ``budget``)."""
     max_tiles: int | None = None
     """The anyres-pN tile limit the tokens were encoded under, when one is set."""
+    prefix_reused: bool | None = None
+    """With prefix reuse (``reuse=true``, a question-independent reducer): whether the keys / values of the prompt up
+    to the last image token came from an earlier question on the same image (``False``: computed for this one)."""
+    prefix_tokens_reused: int | None = None
+    """LLM input positions whose keys / values were reused (``0`` when computed): the prefill computed
+    ``llm_input_len - prefix_tokens_reused`` positions. TFLOPs keep counting the whole prompt (the paper's rule)."""
     visionzip: VisionZipKnobs | None = None
     """VisionZip's settings."""
     prumerge: PruMergeKnobs | None = None
@@ -296,7 +306,11 @@ class SampleRecord:
     tflops_by_stage: dict[str, float] | None = None
     """Analytic TFLOPs by stage (:func:`lrs_plugin.flops.sample_tflops`: ``vision_tower`` ... ``total``)."""
     tflops: float | None = None
-    """Total analytic TFLOPs (``tflops_by_stage["total"]``)."""
+    """Total analytic TFLOPs (``tflops_by_stage["total"]``): every tile and prompt position the question uses, reused
+    or not (the paper's convention)."""
+    tflops_computed: float | None = None
+    """Analytic TFLOPs this run computed (:func:`lrs_plugin.flops.accounting.sample_tflops_computed`): ``tflops``
+    less the tiles and prompt prefix reused from an earlier question on the image (equal without reuse)."""
     reducer: str | None = None
     """The reducer that answered (``--model_args reducer=``)."""
     error: str | None = None

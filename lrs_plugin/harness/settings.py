@@ -10,7 +10,11 @@ lmms-eval hands values over as ``bool`` / ``int`` / ``float`` / ``str`` (``None`
   e.g. ``focus_layer=2``); every other key is an option of the reducer (e.g. ``keep_ratio=0.25``);
 * harness: ``batch_size`` / ``max_batch_size`` (requests are answered one at a time; only 1 is accepted),
   ``max_new_tokens`` (overrides the task's value, for quick runs), ``image_cache`` (image files kept open at once,
-  default 1: questions are answered grouped by image, so each file is decoded once; it changes no answer);
+  default 1: questions are answered grouped by image, so each file is decoded once; it changes no answer), ``reuse``
+  (default ``true``: for the reducers whose vision tokens do not depend on the question, the KV cache of the prompt up
+  to the last image token is computed once per image and extended per question, :mod:`lrs_plugin.backbone.prefix_cache`,
+  and C2F encodes its thumbnail and base level once per image, :mod:`lrs_plugin.c2f.features`; ``false`` recomputes
+  them for every question; it changes no answer);
 * resume (:mod:`lrs_plugin.harness.resume`): ``resume_dir`` (folder where each finished answer is saved at once, so
   a killed run resumes where it stopped; default none = off), ``resume`` (``false`` turns it off with ``resume_dir``
   set), ``resume_strict`` (``true`` stops the run when the store cannot be written; default ``false``: one warning, the
@@ -21,7 +25,7 @@ and a one-line ``why``) and read through :func:`answer_settings` by both the res
 leaderboard's ``config_hash`` / ``setting``. Conservatively, everything that can change one generated token counts:
 the checkpoint, the reducer and all its options (scorer ones included), ``dtype``, ``vision_dtype``, ``device``,
 ``device_map``, ``attn_implementation``, ``trust_remote_code``, ``tile_batch_size`` and ``max_new_tokens``. Only
-``image_cache`` and the ``resume*`` options do not.
+``image_cache``, ``reuse`` and the ``resume*`` options do not.
 """
 
 from __future__ import annotations
@@ -84,6 +88,16 @@ class ModelSettings:
     )
     # Overrides the task's max_new_tokens when set.
     max_new_tokens: int | None = field(default=None, metadata=_answer(True, "it cuts or lengthens the answer"))
+    # Questions on one image share the KV cache of the prompt up to the last image token (question-independent
+    # reducers: none, anyres, downsample, visionzip, prumerge, random) and C2F's thumbnail and base-level features;
+    # false recomputes them for every question.
+    reuse: bool = field(
+        default=True,
+        metadata=_answer(
+            False,
+            "the same prefix keys and values are reused instead of recomputed; the answer is the same greedy decode",
+        ),
+    )
     # Image files kept open (decoded) at once by the model, least recently used closed first.
     image_cache: int = field(default=1, metadata=_answer(False, "how many files stay open, not which pixels are read"))
     # Options of the reducer (validated by the reducer); for c2f also focus and focus_options (the scorer's knobs).
@@ -103,7 +117,7 @@ class ModelSettings:
             raise ConfigError("c2f_llava needs pretrained=<checkpoint folder or Hub id>")
         if not isinstance(self.reducer, str):
             raise ConfigError(f"reducer must be a name; got {self.reducer!r}")
-        for name in ("trust_remote_code", "resume", "resume_strict"):
+        for name in ("trust_remote_code", "reuse", "resume", "resume_strict"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.resume_dir is not None and (not isinstance(self.resume_dir, str) or not self.resume_dir.strip()):
@@ -128,7 +142,7 @@ _BACKBONE_KEYS = (
     "tile_batch_size",
 )
 _RESUME_KEYS = ("resume_dir", "resume", "resume_strict")
-_HARNESS_KEYS = ("image_cache",)
+_HARNESS_KEYS = ("image_cache", "reuse")
 
 
 def _as_int(name: str, value: Any) -> Any:

@@ -1,7 +1,7 @@
 """Doc -> pixels: one reader for every method.
 
 :class:`LargeImage` over a file or an in-memory image, its decoders, pixel stores and resampling (one pixel limit,
-one 8-bit rule, windows decoded on demand).
+one 8-bit rule, windows decoded on demand), and torchvision's resize computed strip by strip.
 """
 
 from lrs_plugin._lazy import lazy_exports
@@ -19,6 +19,9 @@ _EXPORTS = {
     "check_pixel_limit": "large_image",
     "LargeImage": "large_image",
     "ImageCache": "large_image",
+    "streamed_resize": "_stream_resize",
+    "streamed_pil_resize": "_stream_resize",
+    "streams_exactly": "_stream_resize",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -25,11 +25,12 @@ than PNG and TIFF are decoded by Pillow, the library lmms-eval's own models read
 Stores (see :mod:`lrs_plugin.imagery._pixel_sources`), chosen by ``backend``:
 
 * ``"auto"``: an uncompressed, striped 8-bit gray/RGB(A) TIFF is read in place (no decode). Otherwise an image of at
-  most ``ram_limit_pixels`` is decoded into RAM (TIFF: tifffile, falling back to Pillow for layouts it cannot decode;
-  other formats: pyvips when installed, else Pillow); a
-  larger one is streamed once by pyvips into an uncompressed row-major scratch file (under 100 MB of RSS whatever the
-  size), or, without pyvips, decoded into RAM by tifffile/Pillow: about 7 bytes per pixel at peak while Pillow
-  decodes (its 4-byte RGB buffer plus our copy), 3 bytes per pixel afterwards (5.2 GB and 2.2 GB for 27,328^2).
+  most ``ram_limit_pixels`` is decoded into RAM (TIFF: tifffile, with imagecodecs' compiled codecs when installed
+  (the ``images`` extra; Python's zlib is 2.4x slower on a deflate TIFF), falling back to Pillow for layouts it cannot
+  decode; other formats: pyvips when installed, else Pillow); a larger one is streamed once by pyvips into an
+  uncompressed row-major scratch file (under 100 MB of RSS whatever the size), or, without pyvips, decoded into RAM by
+  tifffile/Pillow: about 7 bytes per pixel at peak while Pillow decodes (its 4-byte RGB buffer plus our copy), 3 bytes
+  per pixel afterwards (5.2 GB and 2.2 GB for 27,328^2).
 * ``"memory"``: always decode into RAM with the pure-Python stack (tifffile for plain TIFFs, else Pillow).
 * ``"scratch"``: always stream through pyvips into a scratch file (needs ``pip install "pyvips[binary]"``).
 

@@ -209,6 +209,24 @@ class LargeImage:
         except OSError as exc:
             raise ImageReadError(f"cannot read pixels of {self._name!r}: {exc}") from exc
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Whole source rows ``start .. stop - 1``, uint8 ``[stop - start, W, 3]`` (decodes if needed).
+
+        For reading an image in strips (e.g. :func:`lrs_plugin.imagery.streamed_resize`) without holding all of it.
+
+        Raises:
+            ConfigError: ``start`` / ``stop`` not a non-empty range inside ``0 .. H``.
+            ImageReadError: The pixels cannot be read.
+        """
+        width, height = self._size
+        if not (0 <= start < stop <= height):
+            raise ConfigError(f"rows {start}..{stop} are not a non-empty range of the image's {height} rows")
+        source = self.load()._source
+        try:
+            return source.gather(np.arange(start, stop), np.arange(width))
+        except OSError as exc:
+            raise ImageReadError(f"cannot read pixels of {self._name!r}: {exc}") from exc
+
     def to_pil(self) -> Any:
         """The whole image as an RGB ``PIL.Image.Image`` (for methods that run the stock processor on it)."""
         from PIL import Image

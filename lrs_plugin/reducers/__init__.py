@@ -17,6 +17,7 @@ _EXPORTS = {
     "ReducerSpec": "registry",
     "register_reducer": "registry",
     "available_reducers": "registry",
+    "question_independent_reducers": "registry",
     "reducer_spec": "registry",
     "build_reducer": "registry",
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lrs_plugin.harness.costs import StageClock
 from lrs_plugin.harness.record import SampleRecord
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.backbone.prefix_cache import PrefixCache
     from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["LastImage", "PlainVision", "PreLLMReducer", "answer_plain"]
@@ -40,33 +41,37 @@ def _num_tiles(backbone: Backbone, image_wh: tuple[int, int], grid_pinpoints: li
 
 
 class LastImage:
-    """Keeps ``compute(rgb_image)`` of the last image asked about (the model asks an image's questions in a row).
+    """Keeps ``compute(image)`` of the last image asked about (the model asks an image's questions in a row).
 
-    The pixels come from :meth:`LargeImage.to_pil <lrs_plugin.imagery.LargeImage.to_pil>`: the same decoders, limits
-    and 8-bit rule as C2F's windows, so every method sees the same pixels. Results are keyed by
-    :attr:`LargeImage.key <lrs_plugin.imagery.LargeImage.key>` (a file's path, size and mtime; a unique id for an
-    in-memory image).
+    ``compute`` receives the :class:`~lrs_plugin.imagery.LargeImage` itself: the same decoders, limits and 8-bit rule
+    as C2F's windows, so every method sees the same pixels, and a method that runs the stock processor on it
+    (:meth:`Backbone.image_crops <lrs_plugin.backbone.adapter.Backbone.image_crops>`,
+    :meth:`~lrs_plugin.backbone.adapter.Backbone.plain_vision_embeds`) resizes a large image strip by strip instead
+    of decoding it into one array. Results are keyed by :attr:`LargeImage.key <lrs_plugin.imagery.LargeImage.key>`
+    (a file's path, size and mtime; a unique id for an in-memory image).
 
     Args:
-        compute: Maps the decoded RGB PIL image to what a reducer needs per image (e.g. its vision tokens).
+        compute: Maps the image to what a reducer needs per image (e.g. its vision tokens).
     """
 
-    def __init__(self, compute: Callable[[Image.Image], Any]) -> None:
+    def __init__(self, compute: Callable[[LargeImage], Any]) -> None:
         self.compute = compute
         self._last: tuple[Any, Any] | None = None
 
     def get(self, image: LargeImage, clock: StageClock | None = None) -> Any:
-        """``compute`` of ``image``, decoded and computed once per image.
+        """``compute`` of ``image``, computed once per image.
 
-        ``clock`` charges the pixels to ``image_read`` and ``compute`` to ``vision_encode`` (nothing on a cached image).
+        ``clock`` charges the decoding (:meth:`LargeImage.load <lrs_plugin.imagery.LargeImage.load>`: the whole file
+        into RAM, or a streaming pass into a scratch file for the largest PNGs) to ``image_read`` and ``compute`` (the
+        processor's resizing included) to ``vision_encode``; nothing on a cached image.
         """
         clock = clock or StageClock()
         if self._last is None or self._last[0] != image.key:
             self._last = None  # release the previous image's result before decoding the next one
             with clock.stage("image_read"):
-                pixels = image.to_pil()
+                image.load()
             with clock.stage("vision_encode"):
-                self._last = (image.key, self.compute(pixels))
+                self._last = (image.key, self.compute(image))
         return self._last[1]
 
     def clear(self) -> None:
@@ -79,8 +84,9 @@ class PlainVision:
 
     Args:
         backbone: The loaded backbone.
-        prepare: Applied to the decoded RGB image before the stock processor (e.g. a downsampling); ``None`` keeps
-            the image as it is.
+        prepare: Maps the :class:`~lrs_plugin.imagery.LargeImage` to what the stock processor gets instead (a PIL
+            image, e.g. a downsampling, or the image itself); ``None`` keeps the image. The backbone resizes a large
+            ``LargeImage`` strip by strip.
         grid_pinpoints: LLaVA-NeXT anyres resolutions ``[[h, w], ...]`` used instead of the checkpoint's (see
             :meth:`Backbone.plain_vision_embeds`); ``None`` runs the stock preprocessing.
     """
@@ -88,7 +94,7 @@ class PlainVision:
     def __init__(
         self,
         backbone: Backbone,
-        prepare: Callable[[Image.Image], Image.Image] | None = None,
+        prepare: Callable[[LargeImage], LargeImage | Image.Image] | None = None,
         grid_pinpoints: list[list[int]] | None = None,
     ) -> None:
         self.backbone = backbone
@@ -96,7 +102,7 @@ class PlainVision:
         self.grid_pinpoints = None if grid_pinpoints is None else [[int(h), int(w)] for h, w in grid_pinpoints]
         self._cache = LastImage(self._encode)
 
-    def _encode(self, image: Image.Image) -> tuple[torch.Tensor, int]:
+    def _encode(self, image: LargeImage) -> tuple[torch.Tensor, int]:
         if self.prepare is not None:
             image = self.prepare(image)
         if self.grid_pinpoints is None:
@@ -127,17 +133,29 @@ def answer_plain(
     stop_strings: Sequence[str] | None = None,
     max_tiles: int | None = None,
     record: SampleRecord | None = None,
+    prefix_cache: PrefixCache | None = None,
     clock: StageClock | None = None,
 ) -> ReducerOutput:
     """Send ``vision`` tokens ``[N, C]`` in place of the image, decode greedily, and record the standard counts.
 
     Shared by every reducer that shortens the vision sequence before the LLM. ``record`` holds the method's own
     fields (focus recall, knobs), completed here with the counts; ``max_tiles`` (an anyres-pN limit the tokens were
-    encoded under) is recorded when set. ``clock`` times the prefill and the decoding.
+    encoded under) is recorded when set. With a ``prefix_cache``, the prompt up to the last image token (system text,
+    ``USER:`` header, image tokens) is computed once and reused by the next question with the same prefix
+    (:mod:`lrs_plugin.backbone.prefix_cache`); the record says whether it was (``prefix_reused``,
+    ``prefix_tokens_reused``). ``clock`` times the prefill (a computed prefix included) and the decoding.
     """
     prefix, suffix = backbone.split_prompt(question)
-    embeds, _ = backbone.assemble(prefix, vision, suffix)
-    out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock)
+    embeds, span = backbone.assemble(prefix, vision, suffix)
+    reuse: dict[str, Any] = {}
+    if prefix_cache is None:
+        out = backbone.generate(embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, clock=clock)
+    else:
+        with prefix_cache.extend(embeds, span.stop, clock) as hit:
+            out = backbone.generate(
+                embeds, max_new_tokens=max_new_tokens, stop_strings=stop_strings, cache=hit.cache, clock=clock
+            )
+        reuse = {"prefix_reused": hit.reused, "prefix_tokens_reused": hit.length if hit.reused else 0}
     filled = dataclasses.replace(
         record or SampleRecord(),
         tiles_encoded=tiles,
@@ -147,6 +165,7 @@ def answer_plain(
         new_tokens=out.num_new_tokens,
         focus_passes=[],
         max_tiles=None if max_tiles is None else int(max_tiles),
+        **reuse,
     )
     return ReducerOutput(text=out.text, record=filled)
 
@@ -157,12 +176,36 @@ class PreLLMReducer:
     Subclasses set :attr:`backbone`, :attr:`vision` (a :class:`PlainVision`, or a :class:`LastImage` whose ``get``
     returns ``(tokens [N, C], tiles, ...)``) and :attr:`max_tiles`; they override :meth:`vision_for` to change the
     cached tokens per question or to record more (e.g. the focus recall of the question's ``doc``).
+
+    Their vision tokens depend on the image (and the method's settings, a seed included) only, never on the question:
+    :attr:`question_independent` says so, and :meth:`set_reuse` lets the questions on one image share the KV cache
+    of the prompt up to the last image token.
     """
 
     stage = "pre_llm"
+    question_independent: ClassVar[bool] = True
     backbone: Backbone
     vision: PlainVision | LastImage
     max_tiles: int | None = None
+    prefix_cache: PrefixCache | None = None
+
+    def set_reuse(self, enabled: bool) -> bool:
+        """Turn prefix reuse on or off; ``True`` when it is now on.
+
+        It stays off on a decoder with sliding-window layers
+        (:func:`~lrs_plugin.backbone.prefix_cache.supports_prefix_reuse`): their cache cannot be cropped back.
+
+        Raises:
+            ConfigError: ``enabled`` is not a bool.
+        """
+        from lrs_plugin.backbone.prefix_cache import PrefixCache, supports_prefix_reuse
+        from lrs_plugin.errors import ConfigError
+
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"reuse must be true or false; got {enabled!r}")
+        on = enabled and supports_prefix_reuse(self.backbone.language_model.config)
+        self.prefix_cache = PrefixCache(self.backbone) if on else None
+        return on
 
     def vision_for(
         self, image: LargeImage, doc: Mapping[str, Any] | None = None, clock: StageClock | None = None
@@ -200,9 +243,12 @@ class PreLLMReducer:
             stop_strings=stop_strings,
             max_tiles=self.max_tiles,
             record=record,
+            prefix_cache=self.prefix_cache,
             clock=clock,
         )
 
     def close(self) -> None:
-        """Forget the last image's vision tokens."""
+        """Forget the last image's vision tokens and prompt prefix."""
         self.vision.clear()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()

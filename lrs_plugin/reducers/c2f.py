@@ -12,6 +12,7 @@ from lrs_plugin.reducers.registry import register_reducer
 
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.c2f.features import ImageFeatures
     from lrs_plugin.harness.costs import StageClock
 
 __all__ = ["C2FReducer", "resolve_focus_name"]
@@ -73,6 +74,22 @@ class C2FReducer:
         self.config = C2FConfig(**config)
         self.focus_name = resolve_focus_name(focus, backbone)
         self.focus = build_focus(self.focus_name, backbone, dict(focus_options or {}))
+        self.features: ImageFeatures | None = None
+
+    def set_reuse(self, enabled: bool) -> bool:
+        """Share the thumbnail and base-level features across the questions on one image; ``True`` when on.
+
+        See :mod:`lrs_plugin.c2f.features`.
+
+        Raises:
+            ConfigError: ``enabled`` is not a bool.
+        """
+        from lrs_plugin.c2f.features import ImageFeatures
+
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"reuse must be true or false; got {enabled!r}")
+        self.features = ImageFeatures() if enabled else None
+        return enabled
 
     def answer(
         self,
@@ -98,8 +115,11 @@ class C2FReducer:
                 max_new_tokens=max_new_tokens,
                 stop_strings=stop_strings,
                 clock=clock,
+                features=self.features,
             )
         return ReducerOutput(text=result.answer, record=dataclasses.replace(result.record, focus=self.focus_name))
 
     def close(self) -> None:
-        """Nothing is kept between questions (the model owns the open images)."""
+        """Forget the last image's kept features (the model owns the open images)."""
+        if self.features is not None:
+            self.features.clear()

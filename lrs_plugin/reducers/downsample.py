@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from lrs_plugin.backbone.adapter import Backbone
+    from lrs_plugin.imagery.large_image import LargeImage
 
 __all__ = ["DownsampleConfig", "DownsampleReducer", "downsampled_size"]
 
@@ -56,9 +57,13 @@ class DownsampleReducer(PreLLMReducer):
         self.vision = PlainVision(backbone, prepare=self._shrink, grid_pinpoints=tiles.grid_pinpoints(backbone))
         self.max_tiles = tiles.max_tiles
 
-    def _shrink(self, image: Image.Image) -> Image.Image:
-        """The image resized (bicubic) to at most ``max_pixels`` pixels; unchanged when already small enough."""
-        from PIL import Image as PILImage
+    def _shrink(self, image: LargeImage) -> LargeImage | Image.Image:
+        """The image resized (Pillow bicubic) to at most ``max_pixels`` pixels; unchanged when already small enough.
+
+        The resize reads the image in strips (:func:`~lrs_plugin.imagery.streamed_pil_resize`, the same pixels as
+        Pillow's resize of the whole image), so only the small result is held whole.
+        """
+        from lrs_plugin.imagery import streamed_pil_resize
 
         size = downsampled_size(*image.size, self.config.max_pixels)
-        return image if size == image.size else image.resize(size, PILImage.Resampling.BICUBIC)
+        return image if size == image.size else streamed_pil_resize(image, size)

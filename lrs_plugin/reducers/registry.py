@@ -12,17 +12,33 @@ from lrs_plugin.reducers.base import ARCHS, STAGES, Reducer
 if TYPE_CHECKING:
     from lrs_plugin.backbone.adapter import Backbone
 
-__all__ = ["ReducerSpec", "register_reducer", "available_reducers", "reducer_spec", "build_reducer"]
+__all__ = [
+    "ReducerSpec",
+    "register_reducer",
+    "available_reducers",
+    "question_independent_reducers",
+    "reducer_spec",
+    "build_reducer",
+]
 
 
 @dataclass(frozen=True)
 class ReducerSpec:
-    """A registered reducer: its name, stage, supported architectures and ``factory(backbone, **options)``."""
+    """A registered reducer: its name, stage, supported architectures and ``factory(backbone, **options)``.
+
+    ``question_independent`` is the factory's own ``question_independent`` attribute (``False`` when it has none):
+    the reducer's vision tokens depend on the image and its settings only, so the questions on one image can share
+    the KV cache of the prompt up to the last image token (:class:`~lrs_plugin.reducers._stock.PreLLMReducer`).
+    ``reusable``: the factory offers ``set_reuse(enabled)``, which turns on whatever the reducer can share across the
+    questions on one image (that prefix; C2F: its thumbnail and base-level features).
+    """
 
     name: str
     stage: str
     factory: Callable[..., Reducer]
     archs: tuple[str, ...] = ARCHS
+    question_independent: bool = False
+    reusable: bool = False
 
 
 _REGISTRY: dict[str, ReducerSpec] = {}
@@ -51,7 +67,18 @@ def register_reducer(
     def decorator(factory: Callable[..., Reducer]) -> Callable[..., Reducer]:
         if name in _REGISTRY:
             raise ConfigError(f"reducer name {name!r} is already registered by {_REGISTRY[name].factory!r}")
-        _REGISTRY[name] = ReducerSpec(name=name, stage=stage, factory=factory, archs=tuple(archs))
+        independent = getattr(factory, "question_independent", False) is True
+        reusable = callable(getattr(factory, "set_reuse", None))
+        if independent and not reusable:
+            raise ConfigError(f"reducer {name!r} declares question_independent but has no set_reuse(enabled)")
+        _REGISTRY[name] = ReducerSpec(
+            name=name,
+            stage=stage,
+            factory=factory,
+            archs=tuple(archs),
+            question_independent=independent,
+            reusable=reusable,
+        )
         return factory
 
     return decorator
@@ -90,16 +117,38 @@ def reducer_spec(name: str) -> ReducerSpec:
     return _REGISTRY[name]
 
 
-def build_reducer(name: str, backbone: Backbone, options: Mapping[str, Any] | None = None) -> Reducer:
+def question_independent_reducers() -> list[str]:
+    """Sorted names of the registered reducers whose vision tokens never depend on the question."""
+    return [name for name in available_reducers() if _REGISTRY[name].question_independent]
+
+
+def build_reducer(
+    name: str, backbone: Backbone, options: Mapping[str, Any] | None = None, *, reuse: bool = False
+) -> Reducer:
     """Build the reducer ``name`` on ``backbone`` with its ``options`` (validated by the reducer's config).
 
+    Args:
+        name: A registered name.
+        backbone: The loaded backbone.
+        options: The reducer's options.
+        reuse: Let the questions on one image share what does not depend on the question (``set_reuse``): the KV
+            cache of the prompt up to the last image token for the ``question_independent`` reducers
+            (:mod:`lrs_plugin.backbone.prefix_cache`), C2F's thumbnail and base-level features
+            (:mod:`lrs_plugin.c2f.features`); it never changes which tokens a reducer sends.
+
     Raises:
-        ConfigError: unknown name, bad options, or a backbone architecture the reducer is not defined for.
+        ConfigError: unknown name, bad options, a backbone architecture the reducer is not defined for, or a
+            ``reuse`` that is not a bool.
     """
+    if not isinstance(reuse, bool):
+        raise ConfigError(f"reuse must be true or false; got {reuse!r}")
     spec = reducer_spec(name)
     if backbone.arch not in spec.archs:
         raise ConfigError(
             f"reducer {name!r} needs a backbone of architecture {' or '.join(spec.archs)}; "
             f"this checkpoint is {backbone.arch!r}"
         )
-    return spec.factory(backbone, **dict(options or {}))
+    reducer = spec.factory(backbone, **dict(options or {}))
+    if reuse and spec.reusable:
+        reducer.set_reuse(True)  # type: ignore[attr-defined]  (checked at registration)
+    return reducer

@@ -376,3 +376,34 @@ def test_bad_configs(tmp_path):
 
 def test_public_api_is_listed():
     assert all(hasattr(flops, name) for name in flops.__all__)
+
+
+def test_computed_tflops_leave_out_reused_tiles_and_the_reused_prefix_only():
+    from lrs_plugin.flops.accounting import ModelDims, sample_tflops, sample_tflops_computed
+    from lrs_plugin.harness.record import SampleRecord
+
+    config = transformers.LlavaNextConfig(
+        text_config=_tiny_text("Qwen2Config").to_dict(),
+        vision_config=transformers.CLIPVisionConfig(
+            hidden_size=32, num_attention_heads=4, num_hidden_layers=2, image_size=56, patch_size=14
+        ).to_dict(),
+    )
+    dims = ModelDims.from_config(config)
+    cold = SampleRecord(tiles_encoded=10, vision_tokens_encoded=160, llm_input_len=300, new_tokens=3)
+    stages = sample_tflops(cold, dims)
+    assert sample_tflops_computed(cold, dims, stages) == stages["total"]  # nothing reused
+    warm = SampleRecord(
+        tiles_encoded=10,
+        tiles_reused=4,
+        vision_tokens_encoded=160,
+        llm_input_len=300,
+        new_tokens=3,
+        prefix_tokens_reused=250,
+    )
+    assert sample_tflops(warm, dims) == stages  # the paper's convention counts every tile and position
+    prefix = flops.llm_prefill_flops(flops.uniform_tokens_per_layer(250, dims.lm.num_layers), dims.lm, lm_head_tokens=0)
+    expected = stages["total"] - 0.4 * (stages["vision_tower"] + stages["projector"]) - prefix / 1e12
+    assert sample_tflops_computed(warm, dims, stages) == pytest.approx(expected, rel=1e-12)
+    # the 50 question positions still attend to the 250 reused ones: more than a 50-token prompt alone costs
+    alone = flops.llm_prefill_flops(flops.uniform_tokens_per_layer(50, dims.lm.num_layers), dims.lm) / 1e12
+    assert stages["llm_prefill"] - prefix / 1e12 > alone

@@ -136,7 +136,7 @@ def test_json_keys_list_every_key_once():
 
 def test_efficiency_figures_read_the_fields_in_metric_order():
     record = SampleRecord.from_dict(OLD_PDROP)
-    record.tflops, record.latency_s, record.ttft_s = 2.0, 0.5, 0.25
+    record.tflops, record.tflops_computed, record.latency_s, record.ttft_s = 2.0, 1.5, 0.5, 0.25
     record.stage_seconds = StageSeconds(
         image_read_s=0.01, vision_encode_s=0.02, focus_s=0.0, llm_prefill_s=0.2, llm_decode_s=0.1
     )
@@ -146,6 +146,7 @@ def test_efficiency_figures_read_the_fields_in_metric_order():
         "vision_tokens_encoded": 16,
         "vision_tokens_to_llm": 16,
         "tflops": 2.0,
+        "tflops_computed": 1.5,
         "latency_s": 0.5,
         "focus_tile_recall": 1.0,
         "focus_token_recall": 0.5,

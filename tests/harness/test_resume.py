@@ -101,7 +101,8 @@ def test_settings_hash_follows_checkpoint_and_version(ckpt_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", [{"image_cache": 4}, {"resume_dir": "/elsewhere"}, {"resume": False}, {"resume_strict": True}]
+    "change",
+    [{"image_cache": 4}, {"reuse": False}, {"resume_dir": "/elsewhere"}, {"resume": False}, {"resume_strict": True}],
 )
 def test_settings_hash_ignores_what_cannot_change_answers(ckpt_dir, change):
     base = settings_fingerprint(_settings(ckpt_dir), plugin_version="1.0")

@@ -31,6 +31,7 @@ ALTERNATES = {
     "tile_batch_size": "tile_batch_size=4",
     "max_new_tokens": "max_new_tokens=8",
     "image_cache": "image_cache=3",
+    "reuse": "reuse=false",
     "reducer_options": "keep_ratio=0.5",
     "resume_dir": "resume_dir=/elsewhere/store",
     "resume": "resume=false",
@@ -95,14 +96,14 @@ def test_answer_settings_uses_the_model_args_names():
     settings = parse_model_args(simple_parse_args_string("pretrained=x,keep_ratio=0.25,focus_layer=2,image_cache=2"))
     answers = answer_settings(settings)
     assert answers["keep_ratio"] == 0.25 and answers["focus_layer"] == 2 and answers["focus"] == "auto"
-    assert not {"image_cache", "resume_dir", "resume", "resume_strict", "reducer_options"} & set(answers)
+    assert not {"image_cache", "reuse", "resume_dir", "resume", "resume_strict", "reducer_options"} & set(answers)
     assert set(answers) - set(settings.reducer_options) - {"focus_layer"} == {
         name for name, f in FIELDS.items() if f.metadata["changes_answer"] and name != "reducer_options"
     }
 
 
 def test_changes_answer_by_name():
-    assert not changes_answer("image_cache") and not changes_answer("resume_dir")
+    assert not changes_answer("image_cache") and not changes_answer("resume_dir") and not changes_answer("reuse")
     assert changes_answer("attn_implementation") and changes_answer("keep_ratio") and changes_answer("batch_size")
 
 
@@ -110,3 +111,18 @@ def test_a_reducer_option_named_like_a_setting_is_refused():
     settings = ModelSettings(pretrained="x", reducer="fastv", reducer_options={"dtype": "float16"})
     with pytest.raises(ConfigError, match=r"reducer options \['dtype'\] have the names of settings"):
         answer_settings(settings)
+
+
+def test_reuse_is_on_by_default_and_false_turns_it_off():
+    assert parse_model_args(simple_parse_args_string("pretrained=x")).reuse is True
+    assert parse_model_args(simple_parse_args_string("pretrained=x,reuse=false")).reuse is False
+    assert (
+        "reuse"
+        not in parse_model_args(simple_parse_args_string("pretrained=x,reducer=none,reuse=true")).reducer_options
+    )
+
+
+@pytest.mark.parametrize(("value", "shown"), [("maybe", "'maybe'"), ("yes", "'yes'"), ("1", "1")])
+def test_a_bad_reuse_value_is_refused_naming_it(value, shown):
+    with pytest.raises(ConfigError, match=rf"reuse must be true or false; got {shown}$"):
+        parse_model_args(simple_parse_args_string(f"pretrained=x,reuse={value}"))
