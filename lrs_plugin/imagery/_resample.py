@@ -68,45 +68,42 @@ def resample_bilinear(
 ) -> np.ndarray:
     """Bilinear (no antialias) resample of the source box ``(x0, y0, x1, y1)`` to ``out_size = (w, h)``.
 
-    Reads only the rows and columns the taps touch, in chunks of output rows that bound the working set.
+    Reads only the rows and columns the taps touch, in chunks of output rows that bound the working set. The
+    arithmetic runs in PyTorch (vectorised, on the intra-op threads): per output pixel the float32 operations of the
+    formula in :func:`bilinear_taps`, in one fixed order (the column pass ``a * (1 - w) + b * w`` with each product
+    rounded, then the row pass the same way), so the result does not depend on the thread count or the chunking.
 
     Returns:
         float32 ``[h, w, 3]`` in source units (0..255).
     """
+    import torch
+
     (x0, y0, x1, y1), (w, h), (width, height) = box, out_size, src_size
     tx, ty = bilinear_taps(x0, x1, w, width), bilinear_taps(y0, y1, h, height)
     cols, cinv = np.unique(np.concatenate([tx.i0, tx.i1]), return_inverse=True)
-    c0, c1 = cinv[:w], cinv[w:]
-    wx1 = tx.w1[None, :, None]
-    wx0 = np.float32(1) - wx1
+    c0, c1 = torch.from_numpy(cinv[:w]), torch.from_numpy(cinv[w:])
+    wx1 = torch.from_numpy(tx.w1).reshape(1, w, 1)
+    wx0 = 1 - wx1
     out = np.empty((h, w, 3), np.float32)
     per_row = 2 * (len(cols) * 3 + w * 3 * 4 * 3)
     step = max(1, _BLOCK_BYTES // per_row)
     for r in range(0, h, step):
-        i0, i1, wy1 = ty.i0[r : r + step], ty.i1[r : r + step], ty.w1[r : r + step, None, None]
+        i0, i1 = ty.i0[r : r + step], ty.i1[r : r + step]
+        wy1 = torch.from_numpy(ty.w1[r : r + step]).reshape(-1, 1, 1)
         rows, rinv = np.unique(np.concatenate([i0, i1]), return_inverse=True)
-        block = _pixel_items(gather(rows, cols))
-        across = _take_columns(block, c0)
-        across *= wx0
-        across += _take_columns(block, c1) * wx1
+        block = gather(rows, cols)
+        block = torch.from_numpy(block if block.flags.writeable else block.copy())
+        across = block.index_select(1, c0).to(torch.float32)
+        across.mul_(wx0)
+        across.add_(block.index_select(1, c1).to(torch.float32).mul_(wx1))
         del block
         n = len(i0)
-        top = np.take(across, rinv[:n], axis=0)
-        top *= np.float32(1) - wy1
-        top += np.take(across, rinv[n:], axis=0) * wy1
-        out[r : r + n] = top
+        r0, r1 = torch.from_numpy(rinv[:n]), torch.from_numpy(rinv[n:])
+        top = across.index_select(0, r0)
+        top.mul_(1 - wy1)
+        top.add_(across.index_select(0, r1).mul_(wy1))
+        out[r : r + n] = top.numpy()
     return out
-
-
-def _pixel_items(block: np.ndarray) -> np.ndarray:
-    """uint8 ``[R, C, 3]`` -> ``[R, C]`` of 3-byte items (fancy indexing then moves whole pixels)."""
-    return np.ascontiguousarray(block).view(np.dtype((np.void, 3)))[:, :, 0]
-
-
-def _take_columns(items: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Columns ``index`` of a ``[R, C]`` item array, as float32 ``[R, len(index), 3]``."""
-    picked = np.take(items, index, axis=1)
-    return picked.view(np.uint8).reshape(*picked.shape, 3).astype(np.float32)
 
 
 def _edges(start: float, stop: float, n: int) -> np.ndarray:
