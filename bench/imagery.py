@@ -273,7 +273,7 @@ def _child(spec: dict) -> dict:
         generate(Path(workdir), size, fmt)
         return {}
     path, method = Path(spec["path"]), spec["method"]
-    if method == "naive":  # only the naive way needs torch (its import alone is ~0.5 GB of RSS)
+    if not method.startswith("floor:"):  # naive and ours compute with torch (its import alone is ~0.5 GB of RSS)
         import torch
 
         torch.set_num_threads(spec["threads"])
