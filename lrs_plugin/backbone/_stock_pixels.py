@@ -11,7 +11,8 @@ of source rows, bit-identical to the whole-tensor resize) and hands every other 
 Where this cannot be exact the whole image is decoded and the processor runs on it as it always did: a processor that
 is not a torchvision backend (a PIL backend, a custom one), a resampling the CPU does not do by a separable uint8 kernel
 (:func:`~lrs_plugin.imagery._stream_resize.streams_exactly`), small images (:data:`STREAM_ABOVE_PIXELS`), or a
-processor that touches the stand-in with anything but ``resize`` (its output would be shape-only; caught and redone).
+processor that touches the stand-in with anything but ``resize`` (its output would be shape-only, or it fails on the
+stand-in: caught and redone on the decoded image).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def processor_pixels(image_processor: Any, image: Any, *, stream_above_pixels: i
     Returns:
         The processor's ``BatchFeature`` (``pixel_values``, and ``image_sizes`` for LLaVA-NeXT).
     """
+    from lrs_plugin.errors import LrsPluginError
     from lrs_plugin.imagery.large_image import LargeImage
 
     if not isinstance(image, LargeImage):
@@ -85,7 +87,9 @@ def processor_pixels(image_processor: Any, image: Any, *, stream_above_pixels: i
     if streams_for(image_processor, image, stream_above_pixels):
         try:
             return _streamed(image_processor, image, **kwargs)
-        except _NotStreamable:
+        except (LrsPluginError, MemoryError):  # the image cannot be read: the same error as a whole decode's
+            raise
+        except Exception:  # noqa: BLE001 - the processor did what a shape-only stand-in cannot answer
             pass
     return image_processor(images=[image.to_pil()], return_tensors="pt", **kwargs)
 

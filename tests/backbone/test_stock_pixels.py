@@ -103,3 +103,35 @@ def test_pil_backend_processors_are_not_streamed(make_image):
         processor_pixels(pil_backend, image, stream_above_pixels=0),
         pil_backend(images=[image.to_pil()], return_tensors="pt"),
     )
+
+
+def test_a_processor_that_reads_the_values_of_the_whole_image_gets_the_decoded_image(backbones, make_image):
+    bb = backbones[("llava_next", "qwen2")]
+    stock = bb.processor.image_processor
+    image = LargeImage.from_pil(make_image(70, 100, seed=2))
+
+    class ValueChecking(type(stock)):
+        def _preprocess(self, images, *args, **kwargs):
+            assert int(images[0].max()) >= 0  # a value check: a shape-only stand-in cannot answer it
+            return super()._preprocess(images, *args, **kwargs)
+
+    checking = ValueChecking(**stock.to_dict())
+    ref = checking(images=[image.to_pil()], return_tensors="pt")
+    _equal(processor_pixels(checking, image, stream_above_pixels=0), ref)
+
+
+def test_an_unreadable_image_is_the_read_error_not_a_fallback(backbones, tmp_path):
+    from PIL import Image
+
+    from lrs_plugin.errors import ImageReadError
+
+    path = tmp_path / "cut.png"
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8) + 90).save(good)
+    path.write_bytes(good.read_bytes()[:-200])  # truncated: the header is fine, the pixels are not
+    with pytest.raises(ImageReadError, match="cut.png"):
+        processor_pixels(bb_processor(backbones), LargeImage(path), stream_above_pixels=0)
+
+
+def bb_processor(backbones):
+    return backbones[("llava_next", "qwen2")].processor.image_processor
