@@ -169,7 +169,6 @@ class _Session:
         self.tiles_encoded = self.tiles_reused = 0
         self.features = features
         self.kept = None if features is None else features.get(image.key)
-        self.kept_key = None if self.kept is None else image.key  # the zoomed-tile store is this image's
         self.thumbnail: torch.Tensor | None = None
         if config.thumbnail:
             if self.kept is None:
@@ -217,8 +216,8 @@ class _Session:
         from lrs_plugin.c2f.render import render_tiles
 
         bb, level = self.backbone, self.pyramid.levels[level_index]
-        store = self.features if zoomed and self.features is not None and self.kept_key is not None else None
-        feats = None if store is None else store.zoomed(self.kept_key, level_index, tiles)
+        store = self.features if zoomed else None  # it answers (and keeps) only for the image it holds
+        feats = None if store is None else store.zoomed(self.image.key, level_index, tiles)
         if feats is not None:  # these tiles of this level were encoded together for an earlier question
             self.tiles_encoded += len(tiles)
             self.tiles_reused += len(tiles)
@@ -235,7 +234,7 @@ class _Session:
                 )
             feats = self._encode(torch.from_numpy(pixels), pool=True)
             if store is not None:
-                store.keep_zoomed(self.kept_key, level_index, tiles, feats)
+                store.keep_zoomed(self.image.key, level_index, tiles, feats)
         (h, w), (rh, rw) = level.image_hw, level.resize_hw
         content_wh = (rw, rh) if zoomed else (w, h)  # method.md §9.5: base grid uses the source size
         embeds, mask, shape = build_level_grid(
@@ -254,7 +253,6 @@ class _Session:
         grid = self.grid(0, _all_tiles(self, 0), zoomed=False)
         if self.features is not None:
             self.features.put(self.image.key, BaseFeatures(self.thumbnail, grid, self.tiles_encoded))
-            self.kept_key = self.image.key
         return grid
 
     def sequence(self, grid_tokens: torch.Tensor) -> tuple[torch.Tensor, slice]:
